@@ -1,0 +1,8 @@
+"""compare-heads core library: data, models, training, evaluation and plots.
+
+Plain Python and Keras: nothing here imports Prefect or MLflow, and nothing does I/O at
+import time. The Prefect tasks in ``tasks/`` wrap these functions and do the tracking.
+"""
+
+HEAD_NAMES: tuple[str, ...] = ("fc", "fc_dropout", "gap", "avgpool")
+"""Classifier back-ends that ``gap_models.models.build_model`` knows, in display order."""

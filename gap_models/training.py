@@ -1,0 +1,87 @@
+"""Training helpers: fit a compiled model on cached data, report every epoch, time it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+
+EpochLogger = Callable[[int, dict[str, float]], None]
+"""Called after every epoch with the 1-based epoch and its metrics (loss, accuracy, val_*,
+epoch_seconds, images_per_second)."""
+
+
+class EpochReporter(keras.callbacks.Callback):
+    """Times each epoch and hands its metrics to ``on_epoch`` as soon as it ends.
+
+    The tracking layer passes a function that logs to MLflow, so a long run can be watched
+    live; the core stays free of any tracking library.
+    """
+
+    def __init__(self, on_epoch: EpochLogger, train_images: int) -> None:
+        super().__init__()
+        self._on_epoch = on_epoch
+        self._train_images = train_images
+        self._started = 0.0
+        self.epoch_seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.perf_counter() - self._started
+        self.epoch_seconds.append(seconds)
+        metrics = {key: float(value) for key, value in (logs or {}).items()}
+        metrics["epoch_seconds"] = seconds
+        metrics["images_per_second"] = self._train_images / seconds if seconds else 0.0
+        self._on_epoch(epoch + 1, metrics)
+
+
+@dataclass
+class TrainingResult:
+    """Per-epoch history and timing of one ``fit``."""
+
+    history: dict[str, list[float]]
+    train_seconds: float
+    train_images: int
+    epochs: int
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        """Training images x epochs / wall seconds of the fit, validation passes included."""
+        return self.train_images * self.epochs / self.train_seconds if self.train_seconds else 0.0
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return max(self.history.get("val_accuracy", [float("nan")]))
+
+
+def train_model(
+    model: keras.Model,
+    train_data,
+    validation_data,
+    epochs: int,
+    train_images: int,
+    on_epoch: EpochLogger | None = None,
+) -> TrainingResult:
+    """Fit ``model`` (compiled) for ``epochs`` and return its history and timings."""
+    reporter = EpochReporter(on_epoch or (lambda epoch, metrics: None), train_images)
+    started = time.perf_counter()
+    history = model.fit(
+        train_data,
+        validation_data=validation_data,
+        epochs=epochs,
+        callbacks=[reporter],
+        verbose=0,
+    )
+    seconds = time.perf_counter() - started
+    return TrainingResult(
+        history={key: [float(v) for v in values] for key, values in history.history.items()},
+        train_seconds=seconds,
+        train_images=train_images,
+        epochs=epochs,
+        epoch_seconds=reporter.epoch_seconds,
+    )
