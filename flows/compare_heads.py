@@ -1,0 +1,119 @@
+"""The compare-heads flow: download, preprocess, train each head, evaluate, compare, promote.
+
+Run it in-process with keyword parameters (``compare_heads(source=..., epochs=1)``), through
+``compare-heads run``, or as the deployment ``compare-heads/compare-heads`` on a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from gap_models.config import DEFAULT_SOURCE, RunConfig
+from tasks import tracking
+from tasks.compare import compare_runs
+from tasks.data import download, preprocess
+from tasks.evaluate import evaluate_head
+from tasks.promote import promote_best
+from tasks.train import train_head
+
+
+def output_dir_for(run_name: str) -> Path:
+    """Where a run's plots and tables go: ``$COMPARE_HEADS_OUTPUT_DIR`` or ``outputs/``."""
+    base = os.environ.get("COMPARE_HEADS_OUTPUT_DIR") or tracking.repo_root() / "outputs"
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return Path(base).expanduser().resolve() / f"{stamp}-{run_name}"
+
+
+@flow(name="compare-heads", log_prints=True, validate_parameters=True)
+def compare_heads(
+    source: str = DEFAULT_SOURCE,
+    image_size: int = 100,
+    batch_size: int = 64,
+    epochs: int = 7,
+    heads: list[str] | None = None,
+    seeds: list[int] | None = None,
+    learning_rate: float = 0.001,
+    split: list[int] | None = None,
+    max_images: int | None = None,
+    promote: bool = True,
+) -> dict:
+    """Train and fairly compare CNN classifier heads on Cats vs Dogs; returns the summary."""
+    logger = get_run_logger()
+    config = RunConfig(
+        source=source,
+        image_size=image_size,
+        batch_size=batch_size,
+        epochs=epochs,
+        heads=heads if heads is not None else ["fc", "fc_dropout", "gap"],
+        seeds=seeds if seeds is not None else [0],
+        learning_rate=learning_rate,
+        split=split if split is not None else [80, 10, 10],
+        max_images=max_images,
+        promote=promote,
+    )
+    started = time.perf_counter()
+    uri = tracking.tracking_uri()
+    tracking.check_tracking_server(uri)
+    client = tracking.client()
+    experiment_id = tracking.ensure_experiment(client)
+    run_name = flow_run.get_name() or "local"
+    parent = client.create_run(
+        experiment_id,
+        run_name=run_name,
+        tags={"prefect.flow_run_id": str(flow_run.get_id() or ""), "kind": "comparison"},
+    )
+    parent_id = parent.info.run_id
+    logger.info("MLflow: %s, experiment %s, parent run %s", uri, experiment_id, parent_id)
+    try:
+        tracking.log_params(client, parent_id, config.tracking_params())
+        prepared = preprocess(
+            download(config.source), config.image_size, config.split, config.max_images
+        )
+        tracking.log_metrics(
+            client,
+            parent_id,
+            {"images_used": prepared.images_used, "skipped_images": prepared.skipped_images},
+        )
+        trained_runs, test_scores = [], []
+        for seed in config.seeds:
+            for head in config.heads:
+                trained = train_head(
+                    prepared.cache_dir,
+                    head,
+                    seed,
+                    config,
+                    experiment_id,
+                    parent_id,
+                    prepared.skipped_images,
+                )
+                trained_runs.append(trained)
+                test_scores.append(evaluate_head(trained, prepared.cache_dir))
+        output_dir = str(output_dir_for(run_name))
+        summary = compare_runs(trained_runs, experiment_id, parent_id, output_dir, prepared.cache_dir)
+        if config.promote:
+            summary["promotion"] = promote_best(
+                trained_runs, test_scores, summary["best_head"], prepared.cache_dir, parent_id
+            )
+        tracking.log_metrics(client, parent_id, {"flow_seconds": time.perf_counter() - started})
+    except BaseException:
+        tracking.finish_run(client, parent_id, failed=True)
+        raise
+    tracking.finish_run(client, parent_id)
+    summary.update(
+        parent_run_id=parent_id,
+        experiment_id=experiment_id,
+        tracking_uri=uri,
+        cache_dir=prepared.cache_dir,
+        images_used=prepared.images_used,
+        skipped_images=prepared.skipped_images,
+    )
+    logger.info(
+        "Done in %.1f s. Plots and tables: %s", time.perf_counter() - started, summary["output_dir"]
+    )
+    return summary

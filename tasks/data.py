@@ -1,0 +1,75 @@
+"""Prefect tasks for the data stage: make the source available, preprocess it once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from gap_models import data
+from tasks import run_logger
+
+
+@dataclass(frozen=True)
+class PreparedRef:
+    """What later tasks need of the preprocessing result: a path and its counts."""
+
+    cache_dir: str
+    images_used: int
+    skipped_images: int
+    skipped_by_reason: dict[str, int]
+    split_counts: dict[str, dict[str, int]]
+    cache_hit: bool
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@task(name="download", retries=2, retry_delay_seconds=[5, 30], cache_policy=NONE)
+def download(source: str) -> str:
+    """Download tfds:cats_vs_dogs (unless prepared) or check a local source's layout."""
+    logger = run_logger()
+    logger.info("Checking source %s", source)
+    try:
+        return data.download(source)
+    except data.DataError:
+        raise  # a wrong layout does not heal by retrying
+
+
+@task(name="preprocess", cache_policy=NONE)
+def preprocess(
+    source: str, image_size: int, split: list[int], max_images: int | None
+) -> PreparedRef:
+    """Decode, split and resize once; a later run with the same data reads the cache."""
+    logger = run_logger()
+    last_reported = [-1]
+
+    def progress(done: int, total: int) -> None:
+        decile = done * 10 // max(total, 1)
+        if decile != last_reported[0]:
+            last_reported[0] = decile
+            logger.info("Preprocessing: %d / %d images decoded", done, total)
+
+    prepared = data.preprocess(source, image_size, split, max_images, progress=progress)
+    manifest = prepared.manifest
+    logger.info(
+        "%s: %d images used, %d skipped %s, split %s (%s, %.1f s)",
+        prepared.cache_dir,
+        prepared.images_used,
+        prepared.skipped_images,
+        manifest["skipped_by_reason"],
+        {name: sum(counts.values()) for name, counts in manifest["split_counts"].items()},
+        "cache hit: nothing decoded" if prepared.cache_hit else "decoded and cached",
+        prepared.seconds,
+    )
+    return PreparedRef(
+        cache_dir=str(prepared.cache_dir),
+        images_used=prepared.images_used,
+        skipped_images=prepared.skipped_images,
+        skipped_by_reason=manifest["skipped_by_reason"],
+        split_counts=manifest["split_counts"],
+        cache_hit=prepared.cache_hit,
+        seconds=prepared.seconds,
+    )

@@ -1,0 +1,133 @@
+"""Prefect task: champion / challenger promotion in the MLflow model registry.
+
+The best head (mean test accuracy over seeds) contributes its best seed's model as a new
+version of ``cats-vs-dogs`` with alias ``challenger``. It becomes ``champion`` when there
+is none yet, or when it beats the current champion with both scored on the *same* current
+test split. Version and alias changes are undone together if any step fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+from mlflow.exceptions import MlflowException
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from gap_models.data import load_split
+from gap_models.evaluation import evaluate_model
+from tasks import run_logger, tracking
+from tasks.evaluate import load_logged_model
+from tasks.train import TrainedRun
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What the registry step decided, and on which scores."""
+
+    decision: str  # "promoted" (no champion yet or challenger better) or "kept"
+    version: str
+    challenger_test_accuracy: float
+    champion_test_accuracy: float | None
+    champion_version: str | None
+    head: str
+    run_id: str
+
+
+def _current_champion(client, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _register(client, name: str, candidate: TrainedRun):
+    with contextlib.suppress(MlflowException):  # exists already
+        client.create_registered_model(name)
+    return client.create_model_version(name, source=candidate.model_uri, run_id=candidate.run_id)
+
+
+@task(name="promote", cache_policy=NONE)
+def promote_best(
+    trained_runs: list[TrainedRun],
+    test_scores: list[dict[str, float]],
+    best_head: str,
+    cache_dir: str,
+    parent_run_id: str,
+) -> dict:
+    """Register the best head's best seed as challenger; promote it if it beats the champion."""
+    logger = run_logger()
+    client = tracking.client()
+    name = tracking.REGISTERED_MODEL_NAME
+    scored = [(s["test_accuracy"], t) for t, s in zip(trained_runs, test_scores, strict=True)]
+    challenger_accuracy, candidate = max(
+        ((acc, t) for acc, t in scored if t.head == best_head), key=lambda pair: pair[0]
+    )
+    champion = _current_champion(client, name)
+    champion_accuracy = None
+    if champion is not None:
+        images, labels = load_split(cache_dir, "test")
+        champion_model = load_logged_model(f"models:/{name}@{CHAMPION}")
+        champion_accuracy = evaluate_model(champion_model, images, labels)["test_accuracy"]
+    promote = champion_accuracy is None or challenger_accuracy > champion_accuracy
+
+    version = _register(client, name, candidate)
+    try:
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        if promote:
+            client.set_registered_model_alias(name, CHAMPION, version.version)
+    except BaseException:
+        _roll_back(client, name, version.version, champion)
+        raise
+
+    promotion = Promotion(
+        decision="promoted" if promote else "kept",
+        version=str(version.version),
+        challenger_test_accuracy=challenger_accuracy,
+        champion_test_accuracy=champion_accuracy,
+        champion_version=str(champion.version) if champion is not None else None,
+        head=candidate.head,
+        run_id=candidate.run_id,
+    )
+    _record(client, parent_run_id, promotion)
+    logger.info("Promotion: %s", promotion)
+    return asdict(promotion)
+
+
+def _roll_back(client, name: str, version: str, champion) -> None:
+    """Undo a half-done registration: the new version goes, the old champion stays."""
+    try:
+        if champion is not None:
+            client.set_registered_model_alias(name, CHAMPION, champion.version)
+        client.delete_model_version(name, version)
+    except MlflowException:
+        pass
+
+
+def _record(client, parent_run_id: str, promotion: Promotion) -> None:
+    metrics = {"challenger_test_accuracy": promotion.challenger_test_accuracy}
+    if promotion.champion_test_accuracy is not None:
+        metrics["champion_test_accuracy"] = promotion.champion_test_accuracy
+    tracking.log_metrics(client, parent_run_id, metrics)
+    client.set_tag(parent_run_id, "promotion_decision", promotion.decision)
+    client.set_tag(parent_run_id, "registered_version", promotion.version)
+    before = (
+        f"version {promotion.champion_version} scored {promotion.champion_test_accuracy:.4f}"
+        if promotion.champion_version
+        else "there was no champion"
+    )
+    create_markdown_artifact(
+        key="compare-heads-promotion",
+        markdown=(
+            f"# Model registry: `{tracking.REGISTERED_MODEL_NAME}`\n\n"
+            f"Challenger: version {promotion.version} ({promotion.head}, run "
+            f"`{promotion.run_id}`), test accuracy {promotion.challenger_test_accuracy:.4f}. "
+            f"Champion before: {before} on the same test split.\n\n"
+            f"Decision: **{promotion.decision}**."
+        ),
+        description="Champion / challenger decision",
+    )

@@ -1,0 +1,107 @@
+"""MLflow at the edges: where runs go, the experiment, parent and child runs, epoch logging.
+
+Runs are created and addressed by explicit ids through ``MlflowClient`` (MLflow's active run
+is per thread, and Prefect may run tasks in other threads). Every run we open is closed as
+FINISHED or FAILED, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+import mlflow
+
+EXPERIMENT_NAME = "compare-heads"
+REGISTERED_MODEL_NAME = "cats-vs-dogs"
+SERVER_TIMEOUT_SECONDS = 10.0
+
+
+def repo_root() -> Path:
+    """The checkout this code runs from (tasks/ sits directly under it)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else the SQLite store under the repo's ``mlflow/``."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    home = repo_root() / "mlflow"
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def check_tracking_server(uri: str, timeout: float = SERVER_TIMEOUT_SECONDS) -> None:
+    """For an HTTP tracking URI, fail fast with a message naming it when the server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as error:
+        problem = str(getattr(error, "reason", error))
+    raise ConnectionError(
+        f"MLflow tracking server at {uri} is not reachable ({problem}). Start it with "
+        "`make up`, or set MLFLOW_TRACKING_URI to a running server (unset: a local SQLite store)"
+    )
+
+
+def client() -> MlflowClient:
+    """A client for the configured tracking URI (also set as MLflow's default)."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(mlflow_client: MlflowClient, name: str = EXPERIMENT_NAME) -> str:
+    """The experiment's id, creating it on first use (local stores keep artifacts in mlflow/)."""
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if mlflow_client.tracking_uri.startswith("sqlite:///"):
+        database = Path(mlflow_client.tracking_uri.removeprefix("sqlite:///"))
+        artifact_location = (database.parent / "artifacts").as_uri()
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another run
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def log_params(mlflow_client: MlflowClient, run_id: str, params: dict[str, object]) -> None:
+    """Log a dict of parameters at once."""
+    mlflow_client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+
+def log_metrics(
+    mlflow_client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0
+) -> None:
+    """Log a dict of metrics at once, at ``step`` (the epoch for per-epoch metrics)."""
+    timestamp = int(time.time() * 1000)
+    mlflow_client.log_batch(
+        run_id, metrics=[Metric(k, float(v), timestamp, step) for k, v in metrics.items()]
+    )
+
+
+def finish_run(mlflow_client: MlflowClient, run_id: str, failed: bool = False) -> None:
+    """Close a run as FINISHED, or FAILED."""
+    status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+    mlflow_client.set_terminated(run_id, status=status)
+
+
+def run_url(run_id: str, experiment_id: str) -> str | None:
+    """Link to a run in the MLflow UI when tracking goes to a server, else None."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
