@@ -1,0 +1,145 @@
+"""Training throughput: the article's input pipeline against the project's, same run.
+
+Figure of merit: training images x epochs / wall seconds of ``fit`` (its validation passes
+included), per head and pipeline variant, min / median / max over repeats, and the ratio
+of each variant to the article's pipeline measured in the same invocation (these machines
+are shared and noisy: compare ratios, not absolute numbers across runs).
+
+Variants (levers, one at a time):
+  article       decode JPEG, cast, divide by 255, resize on every epoch; shuffle 1000, batch 64
+  cached        the project's path: uint8 arrays decoded once, rescaling inside the model
+  cached+bf16   as cached, under Keras' mixed_bfloat16 policy (sigmoid output in float32)
+  cached+xla    as cached, compiled with jit_compile=True
+
+    .venv/bin/python benchmarks/throughput.py --source ../shared/data/kagglecatsanddogs_180px.zip
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gap_models.data import assign_split, decode_image, hash_order, iter_source, make_dataset
+from gap_models.models import build_model
+
+VARIANTS = ("article", "cached", "cached+bf16", "cached+xla")
+
+
+def select(source: str, train_count: int, val_count: int, image_size: int):
+    """The same photos for every variant: encoded bytes and decoded uint8 arrays."""
+    chosen = {"train": [], "validation": []}
+    wanted = {"train": train_count, "validation": val_count}
+    for digest, source_file in hash_order(list(iter_source(source))):
+        split = assign_split(digest, [80, 10, 10])
+        if split in chosen and len(chosen[split]) < wanted[split]:
+            chosen[split].append(source_file)
+    selected = {}
+    for split, files in chosen.items():
+        encoded = np.array([f.data for f in files], dtype=object)
+        labels = np.array([f.label for f in files], dtype=np.uint8)
+        started = time.perf_counter()
+        decoded = np.stack([decode_image(f.data, image_size) for f in files])
+        selected[split] = (encoded, decoded, labels, time.perf_counter() - started)
+    return selected
+
+
+def article_dataset(encoded, labels, image_size: int, batch_size: int, shuffle: bool):
+    """SPEC §1's pipeline, as the notebook ran it: all work repeated every epoch."""
+
+    def preprocess(data, label):
+        image = tf.io.decode_jpeg(data, channels=3)
+        image = tf.cast(image, tf.float32) / 255.0
+        image = tf.image.resize(image, (image_size, image_size))
+        return image, tf.cast(label, tf.float32)
+
+    dataset = tf.data.Dataset.from_tensor_slices((encoded.astype(bytes), labels)).map(preprocess)
+    if shuffle:
+        dataset = dataset.shuffle(1000)
+    return dataset.batch(batch_size)
+
+
+def fit_once(variant: str, head: str, data, args) -> tuple[float, float]:
+    """Build, compile and fit one model; return (images per second, last val accuracy)."""
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if variant == "cached+bf16" else "float32"
+    )
+    keras.utils.set_random_seed(0)
+    encoded, decoded, labels, _ = data["train"]
+    val_encoded, val_decoded, val_labels, _ = data["validation"]
+    if variant == "article":
+        model = build_model(head, args.image_size, seed=0, rescale=False)
+        train = article_dataset(encoded, labels, args.image_size, args.batch_size, shuffle=True)
+        val = article_dataset(
+            val_encoded, val_labels, args.image_size, args.batch_size, shuffle=False
+        )
+    else:
+        model = build_model(head, args.image_size, seed=0)
+        train = make_dataset(decoded, labels, args.batch_size, shuffle_seed=0)
+        val = make_dataset(val_decoded, val_labels, args.batch_size)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=variant == "cached+xla",
+    )
+    started = time.perf_counter()
+    history = model.fit(train, validation_data=val, epochs=args.epochs, verbose=0)
+    seconds = time.perf_counter() - started
+    keras.mixed_precision.set_global_policy("float32")
+    return len(labels) * args.epochs / seconds, history.history["val_accuracy"][-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--source", default="../shared/data/kagglecatsanddogs_180px.zip")
+    parser.add_argument("--heads", nargs="+", default=["fc", "fc_dropout", "gap"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--train-images", type=int, default=4000)
+    parser.add_argument("--val-images", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    data = select(args.source, args.train_images, args.val_images, args.image_size)
+    print(
+        f"{len(data['train'][2])} train / {len(data['validation'][2])} validation photos from "
+        f"{args.source}; {args.epochs} epochs, batch {args.batch_size}, {args.repeats} repeats; "
+        f"one-off decode for the cached path: {data['train'][3]:.1f} s; "
+        f"TF {tf.__version__}, intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}"
+    )
+    rates: dict[tuple[str, str], list[float]] = {}
+    for head in args.heads:
+        for repeat in range(args.repeats):
+            for variant in args.variants:  # interleaved, so drift hits every variant alike
+                rate, val_accuracy = fit_once(variant, head, data, args)
+                rates.setdefault((head, variant), []).append(rate)
+                print(
+                    f"  {head:<10} {variant:<12} repeat {repeat + 1}: {rate:7.1f} images/s (val accuracy {val_accuracy:.3f})",
+                    flush=True,
+                )
+    print()
+    print(
+        f"{'head':<10} {'variant':<12} {'min':>7} {'median':>7} {'max':>7}  ratio to article (median, min..max of per-repeat ratios)"
+    )
+    for head in args.heads:
+        base = rates.get((head, "article"))
+        for variant in args.variants:
+            values = rates[(head, variant)]
+            line = f"{head:<10} {variant:<12} {min(values):7.1f} {statistics.median(values):7.1f} {max(values):7.1f}"
+            if base:
+                ratios = [v / b for v, b in zip(values, base, strict=True)]
+                line += f"  {statistics.median(ratios):.2f} ({min(ratios):.2f}..{max(ratios):.2f})"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()

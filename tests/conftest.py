@@ -1,0 +1,20 @@
+"""Shared test set-up: quiet, offline Prefect, and per-test homes for caches and outputs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Set before Prefect is imported anywhere: no telemetry (no network here), quiet logs.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture
+def isolated_homes(tmp_path, monkeypatch):
+    """A throw-away SQLite MLflow store, preprocessing cache and output folder."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("COMPARE_HEADS_OUTPUT_DIR", str(tmp_path / "outputs"))
+    return tmp_path

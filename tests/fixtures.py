@@ -1,0 +1,79 @@
+"""Generated photo fixtures: small, learnable cats and dogs, and every kind of bad file."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def make_pet_image(
+    label: int, size: int = 64, rng: np.random.Generator | None = None
+) -> Image.Image:
+    """A synthetic photo: cats (0) warm with a disc, dogs (1) cool with a square, plus noise.
+
+    The class is visible in colour and shape, so a tiny model learns it in one epoch.
+    """
+    rng = rng or np.random.default_rng(0)
+    base = np.array([170, 90, 60]) if label == 0 else np.array([60, 100, 170])
+    pixels = base + rng.normal(0, 30, (size, size, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    side = int(rng.integers(size // 4, size // 2))
+    x, y = (int(v) for v in rng.integers(0, size - side, 2))
+    if label == 0:
+        draw.ellipse((x, y, x + side, y + side), fill=(240, 200, 80))
+    else:
+        draw.rectangle((x, y, x + side, y + side), fill=(30, 30, 90))
+    return image
+
+
+def make_pet_images(root: Path, per_class: int, size: int = 64, seed: int = 0) -> Path:
+    """Write ``root/PetImages/{Cat,Dog}/<i>.jpg`` (``per_class`` each); return ``root``."""
+    rng = np.random.default_rng(seed)
+    for label, folder in enumerate(("Cat", "Dog")):
+        target = Path(root) / "PetImages" / folder
+        target.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            make_pet_image(label, size, rng).save(target / f"{index}.jpg", quality=90)
+    return Path(root)
+
+
+def zip_folder(folder: Path, archive: Path) -> Path:
+    """Zip a folder's contents (paths relative to it), as the official archive is laid out."""
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                handle.write(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+def jpeg_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
+def bad_files(size: int = 64) -> dict[str, tuple[bytes, str | None]]:
+    """Every defect of the official archive: file name -> (bytes, skip reason or None).
+
+    A reason of None means the file must be converted and used, not skipped.
+    """
+    good = make_pet_image(0, size)
+    full = jpeg_bytes(good)
+    png = io.BytesIO()
+    good.save(png, format="PNG")
+    large = Image.new("RGB", (6000, 4000), (120, 80, 40))
+    return {
+        "empty.jpg": (b"", "empty_file"),
+        "truncated.jpg": (full[: len(full) // 2], "truncated"),
+        "not_an_image.jpg": (b"<html>this is not a photo</html>" * 20, "not_an_image"),
+        "Thumbs.db": (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500), "not_an_image"),
+        "png_named.jpg": (png.getvalue(), None),
+        "grayscale.jpg": (jpeg_bytes(good.convert("L")), None),
+        "cmyk.jpg": (jpeg_bytes(good.convert("CMYK")), None),
+        "large.jpg": (jpeg_bytes(large, quality=50), None),
+    }

@@ -1,0 +1,9 @@
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server on SQLite for the whole integration tier."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

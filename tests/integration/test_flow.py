@@ -1,0 +1,143 @@
+"""The whole flow in-process under prefect_test_harness, on generated photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.compare_heads import compare_heads
+from gap_models import HEAD_NAMES
+from gap_models.data import load_split
+from tasks.evaluate import load_logged_model
+from tests.fixtures import make_pet_images, zip_folder
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 2
+SEEDS = [0, 1]
+PLOTS = (
+    "accuracy_curves.png",
+    "loss_curves.png",
+    "test_accuracy_vs_params.png",
+    "generalization_gap.png",
+    "translation_robustness.png",
+    "cam_grid.png",
+)
+PARAMS = dict(image_size=40, batch_size=16, epochs=EPOCHS, heads=list(HEAD_NAMES), seeds=SEEDS)
+
+
+@pytest.fixture(scope="module")
+def flow_result(tmp_path_factory, prefect_harness):
+    """Run the flow once on 120 generated images (zipped) and share the result."""
+    home = tmp_path_factory.mktemp("flow")
+    archive = zip_folder(make_pet_images(home / "photos", per_class=60), home / "pets.zip")
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "COMPARE_HEADS_CACHE_DIR": str(home / "cache"),
+        "COMPARE_HEADS_OUTPUT_DIR": str(home / "outputs"),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        summary = compare_heads(source=str(archive), **PARAMS)
+        yield summary, MlflowClient(env["MLFLOW_TRACKING_URI"]), archive
+
+
+def children(client, summary):
+    parent = summary["parent_run_id"]
+    runs = client.search_runs(
+        [summary["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    return {(run.data.params["head"], int(run.data.params["seed"])): run for run in runs}
+
+
+def test_parent_run_has_params_counts_and_plots(flow_result):
+    summary, client, _ = flow_result
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["epochs"] == str(EPOCHS)
+    assert parent.data.metrics["images_used"] == 120
+    assert parent.data.metrics["skipped_images"] == 0
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert artifacts == {f"plots/{name}" for name in PLOTS}
+    top = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.csv", "summary.md", "report.md"} <= top
+
+
+def test_one_child_per_head_with_spec_params_and_metrics(flow_result):
+    summary, client, _ = flow_result
+    runs = children(client, summary)
+    assert sorted(runs) == sorted((head, seed) for head in HEAD_NAMES for seed in SEEDS)
+    expected_params = {"fc": 692197, "fc_dropout": 692197, "gap": 28961, "avgpool": 30497}
+    for (head, seed), run in runs.items():
+        assert run.info.status == "FINISHED"
+        params = run.data.params
+        assert params["seed"] == str(seed) and params["epochs"] == str(EPOCHS)
+        assert params["batch_size"] == "16" and params["image_size"] == "40"
+        assert float(params["learning_rate"]) == 0.001
+        # at 40 px the head's map is 3x3, so only the back-ends without Flatten match 100 px
+        if head in ("gap",):
+            assert int(params["trainable_params"]) == expected_params[head]
+        metrics = run.data.metrics
+        for key in ("test_accuracy", "test_loss", "test_auc", "train_seconds", "skipped_images"):
+            assert key in metrics, (head, key)
+        for pixels in (0, 10, 20, 30):
+            assert 0 <= metrics[f"test_accuracy_shift_{pixels}"] <= 1
+        assert metrics["test_accuracy_shift_0"] == pytest.approx(metrics["test_accuracy"])
+        assert metrics["train_images_per_second"] > 0
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), (head, key)
+
+
+def test_logged_model_loads_and_reproduces_its_test_score(flow_result):
+    """The MLflow model loads back and scores the cached test split as the run logged."""
+    summary, client, _ = flow_result
+    run = children(client, summary)[("gap", 0)]
+    model = load_logged_model(run.data.tags["model_uri"])
+    images, labels = load_split(summary["cache_dir"], "test")
+    probabilities = model.predict(images, verbose=0).reshape(-1)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    accuracy = float(np.mean((probabilities >= 0.5) == (labels == 1)))
+    assert accuracy == pytest.approx(run.data.metrics["test_accuracy"])
+
+
+def test_plots_and_tables_written_locally(flow_result):
+    summary, _, _ = flow_result
+    from pathlib import Path
+
+    out = Path(summary["output_dir"])
+    for name in PLOTS:
+        assert (out / name).stat().st_size > 10_000, name
+    table = (out / "summary.csv").read_text().splitlines()
+    assert table[0].startswith("head,seeds,trainable_params,test_accuracy")
+    assert [line.split(",")[0] for line in table[1:]] == list(HEAD_NAMES)
+    report = (out / "report.md").read_text()
+    assert "paired t-test over seeds" in report
+    assert "| fc - gap | 2 |" in report
+    for claim in ("removes most trainable parameters", "overfits less", "robust to translation"):
+        assert claim in report
+
+
+def test_champion_registered(flow_result):
+    summary, client, _ = flow_result
+    assert summary["promotion"]["decision"] == "promoted"
+    version = client.get_model_version_by_alias("cats-vs-dogs", "champion")
+    assert str(version.version) == summary["promotion"]["version"]
+
+
+def test_second_run_reuses_cache(flow_result, monkeypatch):
+    """Same data and settings: preprocessing is a cache hit (decoding never called)."""
+    _, _, archive = flow_result
+    import gap_models.data as data
+    from tasks.data import preprocess
+
+    def fail(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(data, "_decode_selected", fail)
+    ref = preprocess.fn(str(archive), 40, [80, 10, 10], None)
+    assert ref.cache_hit and ref.images_used == 120
+    images, labels = load_split(ref.cache_dir, "test")
+    assert images.dtype == np.uint8 and images.shape[1:] == (40, 40, 3)

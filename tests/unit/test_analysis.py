@@ -1,0 +1,68 @@
+"""Statistics over seeds, image shifts and class activation maps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gap_models.analysis import (
+    class_activation_maps,
+    confidence_interval,
+    paired_comparisons,
+    shift_images,
+    translation_accuracy,
+)
+from gap_models.models import build_model
+
+
+def test_confidence_interval_matches_student_t():
+    mean, low, high = confidence_interval([0.80, 0.82, 0.84])
+    half = stats.t.ppf(0.975, 2) * 0.02 / math.sqrt(3)
+    assert mean == pytest.approx(0.82) and high - mean == pytest.approx(half)
+    assert math.isnan(confidence_interval([0.8])[1])
+
+
+def test_paired_comparison_detects_a_consistent_difference():
+    accuracy = {
+        "gap": {0: 0.85, 1: 0.86, 2: 0.84, 3: 0.855},
+        "fc": {0: 0.80, 1: 0.81, 2: 0.80, 3: 0.805},
+        "avgpool": {0: 0.86, 1: 0.84, 2: 0.85, 3: 0.85},
+    }
+    by_pair = {(c.head_a, c.head_b): c for c in paired_comparisons(accuracy)}
+    assert by_pair[("gap", "fc")].significant and by_pair[("gap", "fc")].mean_difference > 0.04
+    assert not by_pair[("gap", "avgpool")].significant
+    assert len(by_pair) == 3
+
+
+def test_shift_fills_with_the_edge_and_moves_content():
+    image = np.arange(25, dtype=np.uint8).reshape(1, 5, 5, 1)
+    right = shift_images(image, 2, (0, 1))[0, :, :, 0]
+    np.testing.assert_array_equal(right[:, 2:], image[0, :, :3, 0])
+    np.testing.assert_array_equal(right[:, 0], image[0, :, 0, 0])  # edge column repeated
+    up = shift_images(image, 1, (-1, 0))[0, :, :, 0]
+    np.testing.assert_array_equal(up[:4], image[0, 1:, :, 0])
+    np.testing.assert_array_equal(up[4], image[0, 4, :, 0])
+    assert shift_images(image, 0, (0, 1)) is image
+
+
+def test_translation_accuracy_has_every_shift():
+    model = build_model("gap", image_size=40)
+    images = np.random.default_rng(0).integers(0, 255, (8, 40, 40, 3), dtype=np.uint8)
+    result = translation_accuracy(model, images, np.arange(8) % 2, shifts=(0, 10))
+    assert set(result) == {0, 10} and all(0 <= v <= 1 for v in result.values())
+
+
+def test_cam_mean_reproduces_the_logit():
+    """For GAP, the mean of the map over positions is the model's logit (before resizing)."""
+    model = build_model("gap", image_size=100, seed=1)
+    images = np.random.default_rng(1).integers(0, 255, (3, 100, 100, 3), dtype=np.uint8)
+    cams = class_activation_maps(model, images)
+    assert cams.shape == (3, 100, 100)
+    probabilities = model.predict(images, verbose=0).reshape(-1)
+    logits = np.log(probabilities / (1 - probabilities))
+    np.testing.assert_allclose(cams.mean(axis=(1, 2)), logits, atol=0.05)
+    with pytest.raises(ValueError, match="need the 'gap' head"):
+        class_activation_maps(build_model("fc"), images)

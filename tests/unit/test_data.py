@@ -1,0 +1,202 @@
+"""Data: decoding of every kind of file, the content-hash split, subsets, the cache."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gap_models import data
+from gap_models.data import (
+    DataError,
+    ImageDecodeError,
+    assign_split,
+    decode_image,
+    list_source,
+    load_split,
+    preprocess,
+)
+from tests.fixtures import bad_files, make_pet_images, zip_folder
+
+
+@pytest.mark.parametrize(("name", "case"), list(bad_files().items()))
+def test_each_odd_or_broken_file(name, case):
+    payload, reason = case
+    if reason is None:
+        pixels = decode_image(payload, 40)
+        assert pixels.shape == (40, 40, 3) and pixels.dtype == np.uint8
+    else:
+        with pytest.raises(ImageDecodeError) as raised:
+            decode_image(payload, 40)
+        assert raised.value.reason == reason
+
+
+def test_grayscale_becomes_three_equal_channels():
+    payload, _ = bad_files()["grayscale.jpg"]
+    pixels = decode_image(payload, 32).astype(int)
+    assert np.abs(pixels[..., 0] - pixels[..., 1]).max() <= 1
+
+
+def _with_defects(root: Path) -> Path:
+    make_pet_images(root, per_class=40)
+    for name, (payload, _) in bad_files().items():
+        (root / "PetImages" / "Dog" / name).write_bytes(payload)
+    return root
+
+
+def test_preprocess_skips_and_counts_by_reason_and_converts_the_rest(tmp_path):
+    source = _with_defects(tmp_path / "photos")
+    prepared = preprocess(str(source), 40, [80, 10, 10], None, cache_root=tmp_path / "cache")
+    expected = {name: reason for name, (_, reason) in bad_files().items() if reason}
+    assert prepared.images_used == 80 + len(bad_files()) - len(expected)
+    assert prepared.skipped_images == len(expected)
+    assert prepared.manifest["skipped_by_reason"] == {
+        "empty_file": 1,
+        "truncated": 1,
+        "not_an_image": 2,
+    }
+    skipped = {Path(item["file"]).name: item["reason"] for item in prepared.manifest["skipped"]}
+    assert skipped == expected
+    total = sum(len(load_split(prepared.cache_dir, s)[1]) for s in data.SPLIT_NAMES)
+    assert total == prepared.images_used
+
+
+def test_split_is_stable_when_images_are_added(tmp_path):
+    source = make_pet_images(tmp_path / "photos", per_class=40)
+    files = list(data.iter_source(str(source)))
+    before = {f.name: assign_split(f.digest, [80, 10, 10]) for f in files}
+    make_pet_images(tmp_path / "more", per_class=40, seed=7)
+    for path in (tmp_path / "more").rglob("*.jpg"):
+        target = source / path.relative_to(tmp_path / "more")
+        shutil.copy(path, target.with_name("new_" + target.name))
+    after = {f.name: assign_split(f.digest, [80, 10, 10]) for f in data.iter_source(str(source))}
+    assert len(after) == 160
+    assert {name: after[name] for name in before} == before
+    assert set(after.values()) == {"train", "validation", "test"}
+
+
+def test_split_follows_the_percentages():
+    rng = np.random.default_rng(0)
+    digests = [bytes(rng.integers(0, 256, 32, dtype=np.uint8)).hex() for _ in range(20_000)]
+    shares = {s: 0 for s in data.SPLIT_NAMES}
+    for digest in digests:
+        shares[assign_split(digest, [70, 20, 10])] += 1
+    assert abs(shares["train"] / 20_000 - 0.7) < 0.02
+    assert abs(shares["validation"] / 20_000 - 0.2) < 0.02
+
+
+def test_exact_duplicates_share_a_split(tmp_path):
+    source = make_pet_images(tmp_path / "photos", per_class=30)
+    for path in list((source / "PetImages" / "Cat").glob("*.jpg"))[:10]:
+        shutil.copy(path, path.with_name("copy_" + path.name))
+    files = list(data.iter_source(str(source)))
+    by_digest: dict[str, set[str]] = {}
+    for f in files:
+        by_digest.setdefault(f.digest, set()).add(assign_split(f.digest, [80, 10, 10]))
+    assert sum(1 for f in files if f.name.split("/")[-1].startswith("copy_")) == 10
+    assert all(len(splits) == 1 for splits in by_digest.values())
+
+
+def test_max_images_is_balanced_and_deterministic(tmp_path):
+    source = make_pet_images(tmp_path / "photos", per_class=150, size=32)
+    first = preprocess(str(source), 32, [60, 20, 20], 120, cache_root=tmp_path / "a")
+    second = preprocess(str(source), 32, [60, 20, 20], 120, cache_root=tmp_path / "b")
+    assert first.images_used == 120
+    counts = first.manifest["split_counts"]
+    assert sum(c["cat"] for c in counts.values()) == sum(c["dog"] for c in counts.values()) == 60
+    for split in data.SPLIT_NAMES:
+        np.testing.assert_array_equal(
+            load_split(first.cache_dir, split)[0], load_split(second.cache_dir, split)[0]
+        )
+
+
+def test_zip_and_folder_give_the_same_data(tmp_path):
+    folder = make_pet_images(tmp_path / "photos", per_class=100, size=32)
+    archive = zip_folder(folder, tmp_path / "pets.zip")
+    from_folder = preprocess(str(folder), 32, [80, 10, 10], None, cache_root=tmp_path / "c1")
+    from_zip = preprocess(str(archive), 32, [80, 10, 10], None, cache_root=tmp_path / "c2")
+    for split in data.SPLIT_NAMES:
+        np.testing.assert_array_equal(
+            load_split(from_folder.cache_dir, split)[1], load_split(from_zip.cache_dir, split)[1]
+        )
+
+
+def test_second_run_hits_the_cache_without_decoding(tmp_path, monkeypatch):
+    source = zip_folder(
+        make_pet_images(tmp_path / "photos", per_class=100, size=32), tmp_path / "pets.zip"
+    )
+    first = preprocess(str(source), 32, [80, 10, 10], None, cache_root=tmp_path / "cache")
+    assert not first.cache_hit
+    monkeypatch.setattr(data, "decode_image", lambda *a: pytest.fail("decoded on a cache hit"))
+    started = time.perf_counter()
+    second = preprocess(str(source), 32, [80, 10, 10], None, cache_root=tmp_path / "cache")
+    assert second.cache_hit and second.cache_dir == first.cache_dir
+    assert time.perf_counter() - started < 2
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.cache_dir.name]
+
+
+def test_settings_change_the_cache_key(tmp_path):
+    source = make_pet_images(tmp_path / "photos", per_class=100, size=32)
+    a = preprocess(str(source), 32, [80, 10, 10], None, cache_root=tmp_path / "cache")
+    b = preprocess(str(source), 36, [80, 10, 10], None, cache_root=tmp_path / "cache")
+    assert a.cache_dir != b.cache_dir and not b.cache_hit
+
+
+def test_failed_cache_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    source = make_pet_images(tmp_path / "photos", per_class=100, size=32)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data.np, "save", disk_full)
+    with pytest.raises(
+        OSError, match="cannot write the preprocessing cache.*COMPARE_HEADS_CACHE_DIR"
+    ):
+        preprocess(str(source), 32, [80, 10, 10], None, cache_root=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_layout_errors_say_what_was_expected(tmp_path):
+    with pytest.raises(DataError, match="neither a zip archive nor a folder"):
+        list_source(str(tmp_path / "missing"))
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "1.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"PetImages/Cat/ and PetImages/Dog/.*none"):
+        list_source(str(tmp_path / "flat"))
+    only_cats = make_pet_images(tmp_path / "cats", per_class=3)
+    shutil.rmtree(only_cats / "PetImages" / "Dog")
+    with pytest.raises(DataError, match=r"found \{'cat': 3\}"):
+        list_source(str(only_cats))
+    broken_zip = tmp_path / "broken.zip"
+    broken_zip.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(DataError):
+        list_source(str(broken_zip))
+
+
+def test_too_few_images_for_the_split(tmp_path):
+    source = make_pet_images(tmp_path / "photos", per_class=1)
+    with pytest.raises(DataError, match="split is empty: too few usable images"):
+        preprocess(str(source), 32, [80, 10, 10], None, cache_root=tmp_path / "cache")
+
+
+def test_offline_tfds_source_fails_fast_naming_the_source_parameter():
+    try:
+        data.check_network()
+    except ConnectionError:
+        pass
+    else:
+        pytest.skip("the tfds download host is reachable here: offline behaviour not testable")
+    started = time.perf_counter()
+    with pytest.raises(ConnectionError, match="set the `source` parameter"):
+        data.download("tfds:cats_vs_dogs", data_dir=None)
+    assert time.perf_counter() - started < 60
+
+
+def test_network_probe_refused_port_is_immediate():
+    started = time.perf_counter()
+    with pytest.raises(ConnectionError, match="kagglecatsanddogs"):
+        data.check_network(("127.0.0.1", 9), timeout=5)
+    assert time.perf_counter() - started < 5

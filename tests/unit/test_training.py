@@ -1,0 +1,82 @@
+"""Training guards and the test metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gap_models.data import make_dataset
+from gap_models.evaluation import binary_metrics, roc_auc
+from gap_models.models import build_model, compile_model
+from gap_models.report import RunResult, plot_curves, summarize, summary_markdown
+from gap_models.training import train_model
+from tests.fixtures import make_pet_image
+
+
+def _tiny_set(count: int, size: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    images = np.stack([np.asarray(make_pet_image(int(y), size, rng)) for y in labels])
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def test_loss_goes_down_on_a_tiny_run():
+    images, labels = _tiny_set(96)
+    model = compile_model(build_model("gap", image_size=40, seed=0), learning_rate=0.01)
+    seen: list[int] = []
+    result = train_model(
+        model,
+        make_dataset(images, labels, 16, shuffle_seed=0),
+        make_dataset(images[:32], labels[:32], 16),
+        epochs=4,
+        train_images=len(labels),
+        on_epoch=lambda epoch, metrics: seen.append(epoch),
+    )
+    assert seen == [1, 2, 3, 4]
+    assert result.history["loss"][-1] < result.history["loss"][0] * 0.9
+    assert result.images_per_second > 0 and len(result.epoch_seconds) == 4
+
+
+def test_binary_metrics_known_values():
+    labels = np.array([0, 0, 1, 1])
+    metrics = binary_metrics(labels, np.array([0.1, 0.6, 0.4, 0.9]))
+    assert metrics["test_accuracy"] == 0.5
+    assert metrics["test_auc"] == pytest.approx(0.75)
+    expected_loss = -np.mean(np.log([0.9, 0.4, 0.4, 0.9]))
+    assert metrics["test_loss"] == pytest.approx(expected_loss)
+    assert roc_auc(labels, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    with pytest.raises(ValueError):
+        binary_metrics(labels, np.array([0.1]))
+
+
+def _result(head: str, seed: int, accuracy: float) -> RunResult:
+    history = {
+        "loss": [0.7, 0.5],
+        "accuracy": [0.6, 0.8],
+        "val_loss": [0.7, 0.6],
+        "val_accuracy": [0.55, 0.7],
+    }
+    return RunResult(
+        head,
+        seed,
+        f"{head}{seed}",
+        100,
+        history,
+        {"test_accuracy": accuracy, "test_loss": 0.5, "test_auc": 0.8},
+        10.0,
+        500.0,
+    )
+
+
+def test_summary_rows_average_seeds_and_figures_draw():
+    results = [_result("gap", 0, 0.8), _result("gap", 1, 0.9), _result("fc", 0, 0.7)]
+    rows = summarize(results)
+    assert [row["head"] for row in rows] == ["fc", "gap"]
+    gap = rows[1]
+    assert gap["test_accuracy"] == pytest.approx(0.85) and gap["seeds"] == 2
+    assert gap["test_accuracy_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert gap["final_train_minus_val_accuracy"] == pytest.approx(0.1)
+    assert "0.8500 ± 0.0707" in summary_markdown(rows)
+    figure = plot_curves(results, "accuracy")
+    lines = figure.axes[0].get_lines()
+    assert {line.get_linestyle() for line in lines} == {"--", "-"} and len(lines) == 4
