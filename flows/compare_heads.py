@@ -23,6 +23,12 @@ from tasks.promote import promote_best
 from tasks.train import train_head
 
 
+def reused_test_scores(client, run_id: str) -> dict[str, float]:
+    """Test metrics an adopted child run already holds (it was evaluated before)."""
+    metrics = client.get_run(run_id).data.metrics
+    return {key: value for key, value in metrics.items() if key.startswith("test_")}
+
+
 def output_dir_for(run_name: str) -> Path:
     """Where a run's plots and tables go: ``$COMPARE_HEADS_OUTPUT_DIR`` or ``outputs/``."""
     base = os.environ.get("COMPARE_HEADS_OUTPUT_DIR") or tracking.repo_root() / "outputs"
@@ -93,9 +99,14 @@ def compare_heads(
                     prepared.skipped_images,
                 )
                 trained_runs.append(trained)
-                test_scores.append(evaluate_head(trained, prepared.cache_dir))
+                if trained.reused:
+                    test_scores.append(reused_test_scores(client, trained.run_id))
+                else:
+                    test_scores.append(evaluate_head(trained, prepared.cache_dir))
         output_dir = str(output_dir_for(run_name))
-        summary = compare_runs(trained_runs, experiment_id, parent_id, output_dir, prepared.cache_dir)
+        summary = compare_runs(
+            trained_runs, experiment_id, parent_id, output_dir, prepared.cache_dir
+        )
         if config.promote:
             summary["promotion"] = promote_best(
                 trained_runs, test_scores, summary["best_head"], prepared.cache_dir, parent_id

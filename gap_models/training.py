@@ -75,6 +75,7 @@ def train_model(
         validation_data=validation_data,
         epochs=epochs,
         callbacks=[reporter],
+        shuffle=False,  # the tf.data pipeline shuffles (buffer 1000); Keras would only warn
         verbose=0,
     )
     seconds = time.perf_counter() - started

@@ -7,6 +7,8 @@ FINISHED or FAILED, never left RUNNING.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 import urllib.error
@@ -105,3 +107,40 @@ def run_url(run_id: str, experiment_id: str) -> str | None:
     if not uri.startswith(("http://", "https://")):
         return None
     return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+RUN_KEY_TAG = "compare_heads.run_key"
+RESUMED_TAG = "compare_heads.resumed_from_parent"
+
+
+def run_key(cache_dir: str, head: str, seed: int, training: dict[str, object]) -> str:
+    """Identity of one (head, seed) training: the data (cache folder = source fingerprint and
+    preprocessing settings), the head, the seed and every training setting."""
+    payload = json.dumps(
+        {"data": Path(cache_dir).name, "head": head, "seed": seed, **training}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def find_resumable(mlflow_client: MlflowClient, experiment_id: str, key: str):
+    """A finished, evaluated child run with this key whose parent flow run did not finish
+    (it crashed, was killed or failed later): its results can be reused, not retrained."""
+    runs = mlflow_client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in runs:
+        parent_id = run.data.tags.get("mlflow.parentRunId")
+        if "test_accuracy" not in run.data.metrics or parent_id is None:
+            continue
+        if mlflow_client.get_run(parent_id).info.status != "FINISHED":
+            return run
+    return None
+
+
+def adopt_run(mlflow_client: MlflowClient, run, parent_run_id: str) -> None:
+    """Move a reused child under the current parent, noting where it came from."""
+    previous = run.data.tags.get("mlflow.parentRunId", "")
+    mlflow_client.set_tag(run.info.run_id, RESUMED_TAG, previous)
+    mlflow_client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)

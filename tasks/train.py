@@ -23,13 +23,17 @@ EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """A trained model, by reference: its MLflow child run and logged model."""
+    """A trained model, by reference: its MLflow child run and logged model.
+
+    ``reused`` marks a run taken over from an interrupted flow run: already evaluated.
+    """
 
     head: str
     seed: int
     run_id: str
     model_uri: str
     trainable_params: int
+    reused: bool = False
 
 
 def child_params(config: RunConfig, head: str, seed: int, params: int) -> dict[str, object]:
@@ -42,6 +46,16 @@ def child_params(config: RunConfig, head: str, seed: int, params: int) -> dict[s
         "learning_rate": config.learning_rate,
         "image_size": config.image_size,
         "trainable_params": params,
+    }
+
+
+def _training_settings(config: RunConfig) -> dict[str, object]:
+    """Every setting that changes what training produces (beyond data, head and seed)."""
+    return {
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "image_size": config.image_size,
     }
 
 
@@ -63,10 +77,33 @@ def train_head(
     """Train a fresh model for ``head`` from the seed's initial weights; log it to MLflow."""
     logger = run_logger()
     client = tracking.client()
+    key = tracking.run_key(cache_dir, head, seed, _training_settings(config))
+    previous = tracking.find_resumable(client, experiment_id, key)
+    if previous is not None:
+        tracking.adopt_run(client, previous, parent_run_id)
+        logger.info(
+            "%s seed %d: reusing finished run %s of an interrupted flow run (not retrained)",
+            head,
+            seed,
+            previous.info.run_id,
+        )
+        return TrainedRun(
+            head,
+            seed,
+            previous.info.run_id,
+            previous.data.tags["model_uri"],
+            int(previous.data.params["trainable_params"]),
+            reused=True,
+        )
     run = client.create_run(
         experiment_id,
         run_name=f"{head}-seed{seed}",
-        tags={"mlflow.parentRunId": parent_run_id, "head": head, "seed": str(seed)},
+        tags={
+            "mlflow.parentRunId": parent_run_id,
+            "head": head,
+            "seed": str(seed),
+            tracking.RUN_KEY_TAG: key,
+        },
     )
     run_id = run.info.run_id
     try:

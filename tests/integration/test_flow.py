@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -105,8 +110,6 @@ def test_logged_model_loads_and_reproduces_its_test_score(flow_result):
 
 def test_plots_and_tables_written_locally(flow_result):
     summary, _, _ = flow_result
-    from pathlib import Path
-
     out = Path(summary["output_dir"])
     for name in PLOTS:
         assert (out / name).stat().st_size > 10_000, name
@@ -141,3 +144,33 @@ def test_second_run_reuses_cache(flow_result, monkeypatch):
     assert ref.cache_hit and ref.images_used == 120
     images, labels = load_split(ref.cache_dir, "test")
     assert images.dtype == np.uint8 and images.shape[1:] == (40, 40, 3)
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("compare-heads")
+    return subprocess.run(
+        [str(script), *args], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
+
+
+def test_cli_predict_classifies_with_the_champion_and_reports_bad_files(flow_result, tmp_path):
+    summary, _, _ = flow_result
+    photos = make_pet_images(tmp_path / "unseen", per_class=3, seed=99) / "PetImages"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    files = sorted(photos.rglob("*.jpg")) + [broken]
+    result = _cli("predict", *map(str, files), env={"MLFLOW_TRACKING_URI": summary["tracking_uri"]})
+    assert result.returncode == 1, result.stderr  # one file failed, the others were classified
+    lines = dict(line.split("\t", 1) for line in result.stdout.strip().splitlines())
+    assert lines[str(broken)].startswith("error\tnot_an_image")
+    for path in files[:-1]:
+        label, probability = lines[str(path)].split("\t")
+        assert label == ("cat" if path.parent.name == "Cat" else "dog"), path
+        assert 0.5 <= float(probability) <= 1
+    assert "1 of 7 files could not be classified" in result.stderr
+
+
+def test_cli_run_refuses_bad_parameters_before_any_work(tmp_path):
+    result = _cli("run", "--source", str(tmp_path), "--epochs", "0", "--head", "mlp", env={})
+    assert result.returncode == 2
+    assert "epochs" in result.stderr and "heads: unknown ['mlp']" in result.stderr

@@ -1,0 +1,219 @@
+"""The SPEC §3 contract through real services: deployments, MLflow records, registry, CLI.
+
+Tests run in file order: the ones reading the shared first run come before the one that
+adds a second (challenger) run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.e2e.conftest import (
+    ON_DEMAND,
+    REPO_ROOT,
+    SCHEDULED,
+    VENV_BIN,
+    FlowRunResult,
+    Services,
+)
+
+pytestmark = pytest.mark.e2e
+
+EXPERIMENT = "compare-heads"
+REGISTERED_MODEL = "cats-vs-dogs"
+DEFAULT_PARAMETERS = {
+    "source": "tfds:cats_vs_dogs",
+    "image_size": 100,
+    "batch_size": 64,
+    "epochs": 7,
+    "heads": ["fc", "fc_dropout", "gap"],
+    "seeds": [0],
+    "learning_rate": 0.001,
+    "split": [80, 10, 10],
+    "max_images": None,
+    "promote": True,
+}
+CHILD_PARAMS = {
+    "head",
+    "seed",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "image_size",
+    "trainable_params",
+}
+CHILD_METRICS = {
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "test_accuracy",
+    "test_loss",
+    "test_auc",
+    "train_seconds",
+    "train_images_per_second",
+}
+
+
+def inspect_deployment(services: Services, name: str) -> dict:
+    completed = services.prefect("deployment", "inspect", name, "--output", "json")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return json.loads(completed.stdout)
+
+
+def mlflow_client(services: Services) -> MlflowClient:
+    return MlflowClient(tracking_uri=services.mlflow_url, registry_uri=services.mlflow_url)
+
+
+def parent_run_of(services: Services, flow_run: FlowRunResult):
+    """The MLflow parent run a flow run created (tagged with the Prefect flow run id)."""
+    client = mlflow_client(services)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None, f"no MLflow experiment {EXPERIMENT!r}"
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run.flow_run_id}'",
+    )
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1, f"expected one parent run for flow run {flow_run.flow_run_id}"
+    return parents[0]
+
+
+def child_runs_of(services: Services, parent) -> list:
+    return mlflow_client(services).search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    )
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    """Every artifact file of a run, recursively."""
+    files = []
+    for item in client.list_artifacts(run_id, path):
+        if item.is_dir:
+            files.extend(artifact_paths(client, run_id, item.path))
+        else:
+            files.append(item.path)
+    return files
+
+
+def test_deployments_mirror_prefect_yaml(services: Services):
+    on_demand = inspect_deployment(services, ON_DEMAND)
+    assert on_demand["entrypoint"] == "flows/compare_heads.py:compare_heads"
+    assert on_demand["work_pool_name"] == "compare-heads-pool"
+    assert on_demand["parameters"] == DEFAULT_PARAMETERS
+    assert not on_demand["schedules"]
+    # The worker runs the code of this checkout, in place.
+    [pull_step] = on_demand["pull_steps"]
+    step = pull_step["prefect.deployments.steps.set_working_directory"]
+    assert step["directory"] == str(REPO_ROOT)
+
+
+def test_scheduled_deployment_retrains_weekly(services: Services):
+    scheduled = inspect_deployment(services, SCHEDULED)
+    assert scheduled["entrypoint"] == "flows/compare_heads.py:compare_heads"
+    assert scheduled["work_pool_name"] == "compare-heads-pool"
+    assert scheduled["parameters"]["promote"] is True
+    [schedule] = scheduled["schedules"]
+    assert schedule["active"] is True
+    assert schedule["schedule"]["cron"] == "0 3 * * 1"
+    assert schedule["schedule"]["timezone"] == "UTC"
+
+
+def test_deploy_is_idempotent(services: Services):
+    from tests.e2e.conftest import SERVICES_SCRIPT
+
+    before = {
+        name: inspect_deployment(services, name)["id"] for name in (ON_DEMAND, SCHEDULED)
+    }
+    completed = services.run(SERVICES_SCRIPT, "deploy", timeout=180)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    after = {name: inspect_deployment(services, name)["id"] for name in (ON_DEMAND, SCHEDULED)}
+    assert after == before
+    assert len(inspect_deployment(services, SCHEDULED)["schedules"]) == 1
+
+
+def test_on_demand_run_completes(services: Services, first_run: FlowRunResult):
+    assert first_run.returncode == 0, f"{first_run.output[-6000:]}\n{services.logs()}"
+    assert first_run.flow_run_id is not None
+    assert "Completed" in first_run.output
+
+
+def test_parent_run_has_comparison_artifacts(services: Services, completed_first_run):
+    parent = parent_run_of(services, completed_first_run)
+    assert parent.info.status == "FINISHED"
+    assert {"images_used", "skipped_images"} <= set(parent.data.metrics)
+    assert parent.data.metrics["images_used"] > 0
+    files = artifact_paths(mlflow_client(services), parent.info.run_id)
+    assert any(path.endswith(".png") for path in files), files
+
+
+def test_child_run_per_head_and_seed(services: Services, completed_first_run):
+    parent = parent_run_of(services, completed_first_run)
+    children = child_runs_of(services, parent)
+    assert [(run.data.params["head"], run.data.params["seed"]) for run in children] == [
+        ("gap", "0")
+    ]
+    [child] = children
+    assert child.info.status == "FINISHED"
+    assert CHILD_PARAMS <= set(child.data.params)
+    assert CHILD_METRICS <= set(child.data.metrics)
+    assert 0.0 <= child.data.metrics["test_accuracy"] <= 1.0
+    history = mlflow_client(services).get_metric_history(child.info.run_id, "val_accuracy")
+    assert sorted(point.step for point in history) == list(
+        range(len(history))
+    ) or sorted(point.step for point in history) == list(range(1, len(history) + 1))
+    assert len(history) == 3  # one point per epoch
+
+
+def test_first_run_crowns_a_champion(services: Services, completed_first_run):
+    client = mlflow_client(services)
+    parent = parent_run_of(services, completed_first_run)
+    children = {run.info.run_id for run in child_runs_of(services, parent)}
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    assert champion.run_id in children
+    assert parent.data.tags.get("promotion_decision") == "promoted"
+
+
+def test_predict_cli_labels_a_photo(services: Services, completed_first_run, pet_images):
+    photo = pet_images / "PetImages" / "Cat" / "0.jpg"
+    completed = services.run(VENV_BIN / "compare-heads", "predict", photo, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    line = next(
+        (text for text in completed.stdout.splitlines() if photo.name in text),
+        None,
+    )
+    assert line is not None, completed.stdout
+    assert re.search(r"\b(cat|dog)\b", line), line
+    assert re.search(r"\b(0(\.\d+)?|1(\.0+)?)\b", line), line
+
+
+def test_weaker_challenger_keeps_the_champion(
+    services: Services, completed_first_run, pet_images
+):
+    client = mlflow_client(services)
+    champion_before = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    # A learning rate this small leaves the model at its initial weights: it cannot beat a
+    # champion trained on the same data, scored on the same test split.
+    weaker = services.run_deployment(
+        ON_DEMAND,
+        {
+            "source": str(pet_images),
+            "image_size": 40,
+            "batch_size": 16,
+            "epochs": 1,
+            "heads": ["gap"],
+            "learning_rate": 1e-9,
+        },
+    )
+    assert weaker.returncode == 0, f"{weaker.output[-6000:]}\n{services.logs()}"
+    parent = parent_run_of(services, weaker)
+    assert parent.data.tags.get("promotion_decision") == "kept", parent.data.tags
+    champion_after = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    assert champion_after.version == champion_before.version
+    challenger = client.get_model_version_by_alias(REGISTERED_MODEL, "challenger")
+    assert challenger.version != champion_before.version

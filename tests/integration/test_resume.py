@@ -1,0 +1,57 @@
+"""An interrupted flow run leaves no RUNNING MLflow run; a rerun reuses finished work."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import tasks.train
+from flows.compare_heads import compare_heads
+from tests.fixtures import make_pet_images
+
+pytestmark = pytest.mark.integration
+
+PARAMS = dict(image_size=32, batch_size=16, epochs=1, heads=["gap", "fc"], seeds=[0], promote=False)
+
+
+def test_rerun_after_a_crash_reuses_finished_heads(tmp_path, monkeypatch, prefect_harness):
+    source = str(make_pet_images(tmp_path / "photos", per_class=60, size=32))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("COMPARE_HEADS_OUTPUT_DIR", str(tmp_path / "outputs"))
+    real_train = tasks.train.train_model
+    trained_heads: list[str] = []
+
+    def crash_on_fc(model, *args, **kwargs):
+        trained_heads.append(model.name)
+        if model.name == "fc":
+            raise RuntimeError("worker lost in the middle of training")
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "train_model", crash_on_fc)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        compare_heads(source=source, **PARAMS)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("compare-heads").experiment_id
+    statuses = {r.info.run_name: r.info.status for r in client.search_runs([experiment])}
+    assert "RUNNING" not in statuses.values()
+    assert statuses["gap-seed0"] == "FINISHED" and statuses["fc-seed0"] == "FAILED"
+    first_gap = client.search_runs([experiment], "attributes.run_name = 'gap-seed0'")[0]
+
+    monkeypatch.setattr(
+        tasks.train,
+        "train_model",
+        lambda model, *a, **k: (trained_heads.append(model.name), real_train(model, *a, **k))[1],
+    )
+    trained_heads.clear()
+    summary = compare_heads(source=source, **PARAMS)
+    assert trained_heads == ["fc"]  # gap was not retrained
+    children = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'"
+    )
+    by_head = {run.data.params["head"]: run for run in children}
+    assert by_head["gap"].info.run_id == first_gap.info.run_id
+    assert by_head["gap"].data.tags["compare_heads.resumed_from_parent"]
+    assert {row["head"] for row in summary["rows"]} == {"gap", "fc"}
+    assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
