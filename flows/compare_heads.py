@@ -10,8 +10,11 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from gap_models.config import DEFAULT_SOURCE, RunConfig
@@ -21,6 +24,16 @@ from tasks.data import download, preprocess
 from tasks.evaluate import evaluate_head
 from tasks.promote import promote_best
 from tasks.train import train_head
+
+
+def flow_run_is_active(flow_run_id: str) -> bool:
+    """Whether Prefect knows this flow run and it has not reached a final state."""
+    try:
+        with get_client(sync_client=True) as prefect_client:
+            state = prefect_client.read_flow_run(UUID(flow_run_id)).state
+    except (ObjectNotFound, ValueError):
+        return False
+    return state is not None and not state.is_final()
 
 
 def reused_test_scores(client, run_id: str) -> dict[str, float]:
@@ -69,10 +82,13 @@ def compare_heads(
     client = tracking.client()
     experiment_id = tracking.ensure_experiment(client)
     run_name = flow_run.get_name() or "local"
+    flow_run_id = str(flow_run.get_id() or "")
+    for stale in tracking.fail_stale_runs(client, experiment_id, flow_run_id, flow_run_is_active):
+        logger.warning("Marked MLflow run %s FAILED: its flow run ended without closing it", stale)
     parent = client.create_run(
         experiment_id,
         run_name=run_name,
-        tags={"prefect.flow_run_id": str(flow_run.get_id() or ""), "kind": "comparison"},
+        tags={tracking.FLOW_RUN_TAG: flow_run_id, "kind": "comparison"},
     )
     parent_id = parent.info.run_id
     logger.info("MLflow: %s, experiment %s, parent run %s", uri, experiment_id, parent_id)

@@ -13,6 +13,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunStatus
@@ -144,3 +145,30 @@ def adopt_run(mlflow_client: MlflowClient, run, parent_run_id: str) -> None:
     previous = run.data.tags.get("mlflow.parentRunId", "")
     mlflow_client.set_tag(run.info.run_id, RESUMED_TAG, previous)
     mlflow_client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
+
+
+FLOW_RUN_TAG = "prefect.flow_run_id"
+
+
+def fail_stale_runs(
+    mlflow_client: MlflowClient,
+    experiment_id: str,
+    current_flow_run_id: str,
+    is_active: Callable[[str], bool],
+) -> list[str]:
+    """Mark FAILED every RUNNING run whose Prefect flow run is over (or is this one being
+    retried: nothing of ours runs yet). Such runs are left by a killed worker or a lost
+    tracking server; returns their ids."""
+    reaped = []
+    for run in mlflow_client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+        flow_run_id = run.data.tags.get(FLOW_RUN_TAG)
+        if not flow_run_id or (flow_run_id != current_flow_run_id and is_active(flow_run_id)):
+            continue
+        mlflow_client.set_tag(
+            run.info.run_id,
+            "compare_heads.failure",
+            f"Prefect flow run {flow_run_id} ended without closing this run (found by a later run)",
+        )
+        finish_run(mlflow_client, run.info.run_id, failed=True)
+        reaped.append(run.info.run_id)
+    return reaped

@@ -10,6 +10,7 @@ import tensorflow as tf
 from mlflow.models import infer_signature
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 
 import mlflow
 from gap_models.config import RunConfig
@@ -103,6 +104,7 @@ def train_head(
             "head": head,
             "seed": str(seed),
             tracking.RUN_KEY_TAG: key,
+            tracking.FLOW_RUN_TAG: str(flow_run.get_id() or ""),
         },
     )
     run_id = run.info.run_id

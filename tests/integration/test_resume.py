@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -38,6 +40,10 @@ def test_rerun_after_a_crash_reuses_finished_heads(tmp_path, monkeypatch, prefec
     assert "RUNNING" not in statuses.values()
     assert statuses["gap-seed0"] == "FINISHED" and statuses["fc-seed0"] == "FAILED"
     first_gap = client.search_runs([experiment], "attributes.run_name = 'gap-seed0'")[0]
+    # a run left RUNNING by a worker killed outright (no chance to mark it): a later run closes it
+    orphan = client.create_run(
+        experiment, run_name="orphan", tags={"prefect.flow_run_id": str(uuid.uuid4())}
+    ).info.run_id
 
     monkeypatch.setattr(
         tasks.train,
@@ -55,3 +61,5 @@ def test_rerun_after_a_crash_reuses_finished_heads(tmp_path, monkeypatch, prefec
     assert by_head["gap"].data.tags["compare_heads.resumed_from_parent"]
     assert {row["head"] for row in summary["rows"]} == {"gap", "fc"}
     assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+    assert client.get_run(orphan).info.status == "FAILED"
+    assert "ended without closing" in client.get_run(orphan).data.tags["compare_heads.failure"]
