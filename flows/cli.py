@@ -66,6 +66,7 @@ def run(
             split=split_parts,
             max_images=max_images,
             promote=promote,
+            recipe=recipe,
         )
     except ValidationError as error:
         typer.echo(f"Invalid parameters:\n{error}", err=True)

@@ -61,6 +61,7 @@ def compare_heads(
     split: list[int] | None = None,
     max_images: int | None = None,
     promote: bool = True,
+    recipe: str = "faithful",
 ) -> dict:
     """Train and fairly compare CNN classifier heads on Cats vs Dogs; returns the summary."""
     logger = get_run_logger()
@@ -75,6 +76,7 @@ def compare_heads(
         split=split if split is not None else [80, 10, 10],
         max_images=max_images,
         promote=promote,
+        recipe=recipe,
     )
     started = time.perf_counter()
     uri = tracking.tracking_uri()

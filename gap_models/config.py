@@ -7,6 +7,7 @@ any download or training starts, with a message naming the parameter and what is
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -55,6 +56,9 @@ class RunConfig(BaseModel):
     max_images: int | None = Field(None, ge=6)
     # Register the best model and move the champion alias if it beats the current champion.
     promote: bool = True
+    # "faithful" trains as the article did; "improved" adds augmentation, a learning-rate
+    # schedule and early stopping (off by default so the comparison stays faithful).
+    recipe: Literal["faithful", "improved"] = "faithful"
 
     @field_validator("source")
     @classmethod

@@ -515,16 +515,26 @@ def load_split(cache_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_dataset(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle_seed: int | None = None
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+    augment=None,
 ):
     """A batched, prefetched ``tf.data.Dataset`` of (uint8 images, float labels).
 
     With ``shuffle_seed`` it reshuffles every epoch through a 1000-image buffer (the
-    article's setting); images stay uint8 until the model rescales them.
+    article's setting); images stay uint8 until the model rescales them. ``augment``, a
+    Keras layer, is applied to each training batch (the improved recipe).
     """
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(1000, seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    if augment is not None:
+        dataset = dataset.map(
+            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -59,6 +59,37 @@ class TrainingResult:
         return max(self.history.get("val_accuracy", [float("nan")]))
 
 
+RECIPES: tuple[str, ...] = ("faithful", "improved")
+"""``faithful``: the article's training, unchanged. ``improved``: data augmentation, learning
+rate halved when validation loss stalls, early stopping on validation loss (best weights
+kept), so each head shows how far it goes when trained well."""
+
+
+def augmenter(seed: int) -> keras.Sequential:
+    """Random flip, small rotation, zoom and translation (training batches only)."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.05, fill_mode="nearest", seed=seed + 1),
+            keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 2),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 3),
+        ],
+        name="augmentation",
+    )
+
+
+def recipe_callbacks(recipe: str) -> list[keras.callbacks.Callback]:
+    """The callbacks a recipe adds to ``fit`` (none for the faithful one)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; allowed are {list(RECIPES)}")
+    if recipe == "faithful":
+        return []
+    return [
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_lr=1e-5),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True),
+    ]
+
+
 def train_model(
     model: keras.Model,
     train_data,
@@ -66,15 +97,16 @@ def train_model(
     epochs: int,
     train_images: int,
     on_epoch: EpochLogger | None = None,
+    recipe: str = "faithful",
 ) -> TrainingResult:
-    """Fit ``model`` (compiled) for ``epochs`` and return its history and timings."""
+    """Fit ``model`` (compiled) for up to ``epochs``; return its history and timings."""
     reporter = EpochReporter(on_epoch or (lambda epoch, metrics: None), train_images)
     started = time.perf_counter()
     history = model.fit(
         train_data,
         validation_data=validation_data,
         epochs=epochs,
-        callbacks=[reporter],
+        callbacks=[*recipe_callbacks(recipe), reporter],
         shuffle=False,  # the tf.data pipeline shuffles (buffer 1000); Keras would only warn
         verbose=0,
     )
@@ -83,6 +115,6 @@ def train_model(
         history={key: [float(v) for v in values] for key, values in history.history.items()},
         train_seconds=seconds,
         train_images=train_images,
-        epochs=epochs,
+        epochs=len(reporter.epoch_seconds),  # fewer than asked when stopped early
         epoch_seconds=reporter.epoch_seconds,
     )

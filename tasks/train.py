@@ -16,7 +16,7 @@ import mlflow
 from gap_models.config import RunConfig
 from gap_models.data import load_split, make_dataset
 from gap_models.models import build_model, compile_model, trainable_params
-from gap_models.training import train_model
+from gap_models.training import augmenter, train_model
 from tasks import run_logger, tracking
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -47,6 +47,7 @@ def child_params(config: RunConfig, head: str, seed: int, params: int) -> dict[s
         "learning_rate": config.learning_rate,
         "image_size": config.image_size,
         "trainable_params": params,
+        "recipe": config.recipe,
     }
 
 
@@ -57,6 +58,7 @@ def _training_settings(config: RunConfig) -> dict[str, object]:
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
         "image_size": config.image_size,
+        "recipe": config.recipe,
     }
 
 
@@ -146,11 +148,18 @@ def train_head(
 
         result = train_model(
             model,
-            make_dataset(train_images, train_labels, config.batch_size, shuffle_seed=seed),
+            make_dataset(
+                train_images,
+                train_labels,
+                config.batch_size,
+                shuffle_seed=seed,
+                augment=augmenter(seed) if config.recipe == "improved" else None,
+            ),
             make_dataset(val_images, val_labels, config.batch_size),
             config.epochs,
             train_images=len(train_labels),
             on_epoch=on_epoch,
+            recipe=config.recipe,
         )
         tracking.log_metrics(
             client,

@@ -136,3 +136,14 @@ def parent_run_of(services: Services, flow_run: FlowRunResult):
     parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     assert len(parents) == 1, f"expected one parent run for flow run {flow_run.flow_run_id}"
     return parents[0]
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    """Every artifact file of a run, recursively."""
+    files = []
+    for item in client.list_artifacts(run_id, path):
+        if item.is_dir:
+            files.extend(artifact_paths(client, run_id, item.path))
+        else:
+            files.append(item.path)
+    return files

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from mlflow import MlflowClient
+from gap_models.config import RunConfig
 from tests.e2e.harness import (
     FIRST_RUN_PARAMS,
     ON_DEMAND,
@@ -21,6 +21,7 @@ from tests.e2e.harness import (
     VENV_BIN,
     FlowRunResult,
     Services,
+    artifact_paths,
     mlflow_client,
     parent_run_of,
 )
@@ -28,7 +29,8 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.e2e
 
 REGISTERED_MODEL = "cats-vs-dogs"
-DEFAULT_PARAMETERS = {
+# Flow parameters and their defaults as SPEC §3 names them.
+SPEC_DEFAULTS = {
     "source": "tfds:cats_vs_dogs",
     "image_size": 100,
     "batch_size": 64,
@@ -75,22 +77,14 @@ def child_runs_of(services: Services, parent) -> list:
     )
 
 
-def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
-    """Every artifact file of a run, recursively."""
-    files = []
-    for item in client.list_artifacts(run_id, path):
-        if item.is_dir:
-            files.extend(artifact_paths(client, run_id, item.path))
-        else:
-            files.append(item.path)
-    return files
-
-
 def test_deployments_mirror_prefect_yaml(services: Services):
     on_demand = inspect_deployment(services, ON_DEMAND)
     assert on_demand["entrypoint"] == "flows/compare_heads.py:compare_heads"
     assert on_demand["work_pool_name"] == "compare-heads-pool"
-    assert on_demand["parameters"] == DEFAULT_PARAMETERS
+    # prefect.yaml mirrors the defaults of the flow's one validated config, and the SPEC's.
+    parameters = on_demand["parameters"]
+    assert parameters == RunConfig().model_dump()
+    assert {name: parameters.get(name) for name in SPEC_DEFAULTS} == SPEC_DEFAULTS
     assert not on_demand["schedules"]
     # The worker runs the code of this checkout, in place.
     [pull_step] = on_demand["pull_steps"]

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from mlflow import MlflowClient
 from tests.e2e.harness import (
     EXPERIMENT_NAME,
     REPO_ROOT,
     FlowRunResult,
     Services,
+    artifact_paths,
+    mlflow_client,
     parent_run_of,
 )
 
@@ -68,7 +69,7 @@ def visible_text(dom: str) -> str:
 def test_experiment_page_lists_the_runs(
     services: Services, completed_first_run: FlowRunResult, tmp_path
 ):
-    client = MlflowClient(tracking_uri=services.mlflow_url)
+    client = mlflow_client(services)
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     assert experiment is not None
     parents = [
@@ -95,18 +96,29 @@ def test_experiment_page_lists_the_runs(
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (make test installs it as root)")
-def test_parent_run_page_shows_its_plots(
+def test_parent_run_page_shows_a_plot(
     services: Services, completed_first_run: FlowRunResult, tmp_path
 ):
-    client = MlflowClient(tracking_uri=services.mlflow_url)
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    client = mlflow_client(services)
     parent = parent_run_of(services, completed_first_run)
+    plots = [path for path in artifact_paths(client, parent.info.run_id) if path.endswith(".png")]
+    assert plots, "the parent run has no PNG artifacts"
     url = (
-        f"{services.mlflow_url}/#/experiments/{experiment.experiment_id}"
-        f"/runs/{parent.info.run_id}/artifacts"
+        f"{services.mlflow_url}/#/experiments/{parent.info.experiment_id}"
+        f"/runs/{parent.info.run_id}/artifacts/{plots[0]}"
     )
+
     rendered = chromium(url, tmp_path / "profile", "--dump-dom")
     assert rendered.returncode == 0, rendered.stderr[-3000:]
-    text = visible_text(rendered.stdout)
-    assert parent.info.run_name in text, text[:2000]
-    assert ".png" in text, text[:3000]
+    assert parent.info.run_name in visible_text(rendered.stdout)
+    # The artifact viewer fetched the PNG through the server and shows it as a blob image.
+    image = re.search(rf'<img[^>]*alt="{re.escape(plots[0])}"[^>]*>', rendered.stdout)
+    assert image is not None, f"no <img> for {plots[0]} on {url}"
+    assert 'src="blob:' in image.group(0), image.group(0)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "mlflow-parent-run-plot.png"
+    screenshot.unlink(missing_ok=True)
+    shot = chromium(url, tmp_path / "profile-shot", f"--screenshot={screenshot}")
+    assert shot.returncode == 0, shot.stderr[-3000:]
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

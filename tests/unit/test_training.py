@@ -80,3 +80,17 @@ def test_summary_rows_average_seeds_and_figures_draw():
     figure = plot_curves(results, "accuracy")
     lines = figure.axes[0].get_lines()
     assert {line.get_linestyle() for line in lines} == {"--", "-"} and len(lines) == 4
+
+
+def test_improved_recipe_augments_and_stops_early():
+    from gap_models.training import augmenter, recipe_callbacks
+
+    assert recipe_callbacks("faithful") == []
+    names = {type(c).__name__ for c in recipe_callbacks("improved")}
+    assert names == {"ReduceLROnPlateau", "EarlyStopping"}
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe_callbacks("fast")
+    images, labels = _tiny_set(32)
+    batch = next(iter(make_dataset(images, labels, 32, shuffle_seed=0, augment=augmenter(0))))
+    assert batch[0].shape == (32, 40, 40, 3)
+    assert not np.array_equal(np.asarray(batch[0]).astype(np.uint8).sum(), images.sum())

@@ -1,0 +1,32 @@
+"""The improved recipe runs through the whole flow and is recorded on every run."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.compare_heads import compare_heads
+from tests.fixtures import make_pet_images
+
+pytestmark = pytest.mark.integration
+
+
+def test_improved_recipe_is_logged(tmp_path, monkeypatch, prefect_harness):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("COMPARE_HEADS_OUTPUT_DIR", str(tmp_path / "outputs"))
+    source = str(make_pet_images(tmp_path / "photos", per_class=60, size=32))
+    summary = compare_heads(
+        source=source, image_size=32, batch_size=16, epochs=2, heads=["gap"], promote=False,
+        recipe="improved",
+    )  # fmt: skip
+    client = MlflowClient(uri)
+    assert client.get_run(summary["parent_run_id"]).data.params["recipe"] == "improved"
+    (child,) = client.search_runs(
+        [summary["experiment_id"]], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'"
+    )
+    assert child.data.params["recipe"] == "improved"
+    assert "promotion" not in summary
+    with pytest.raises(Exception, match="recipe"):
+        compare_heads(source=source, recipe="fast")
