@@ -42,6 +42,9 @@ def run(
     promote: Annotated[
         bool, typer.Option(help="Register the best model; move champion if better")
     ] = True,
+    recipe: Annotated[
+        str, typer.Option(help="faithful (the article's training) or improved")
+    ] = "faithful",
 ) -> None:
     """Run the compare-heads flow in this process (same parameters as the deployment)."""
     from pydantic import ValidationError
