@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 from gap_models.config import DEFAULT_SOURCE, RunConfig
 from tasks import tracking
 from tasks.compare import compare_runs
-from tasks.data import download, preprocess
+from tasks.data import download, preprocess, record_skipped
 from tasks.evaluate import evaluate_head
 from tasks.promote import promote_best
 from tasks.train import train_head
@@ -99,11 +99,7 @@ def compare_heads(
         prepared = preprocess(
             download(config.source), config.image_size, config.split, config.max_images
         )
-        tracking.log_metrics(
-            client,
-            parent_id,
-            {"images_used": prepared.images_used, "skipped_images": prepared.skipped_images},
-        )
+        record_skipped(prepared, parent_id)
         trained_runs, test_scores = [], []
         for seed in config.seeds:
             for head in config.heads:

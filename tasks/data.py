@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import csv
+import io
+from dataclasses import asdict, dataclass, field
 
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from gap_models import data
-from tasks import run_logger
+from tasks import run_logger, tracking
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class PreparedRef:
     split_counts: dict[str, dict[str, int]]
     cache_hit: bool
     seconds: float
+    skipped: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -72,4 +76,35 @@ def preprocess(
         split_counts=manifest["split_counts"],
         cache_hit=prepared.cache_hit,
         seconds=prepared.seconds,
+        skipped=manifest["skipped"],
     )
+
+
+def skipped_files_csv(skipped: list[dict]) -> str:
+    """The skipped source files as CSV: file, reason, detail."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["file", "reason", "detail"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(skipped)
+    return buffer.getvalue()
+
+
+@task(name="record-skipped", cache_policy=NONE)
+def record_skipped(prepared: PreparedRef, parent_run_id: str) -> None:
+    """Counts on the parent run; the list of skipped files (with reasons) as an MLflow and a
+    Prefect artifact, so nothing is dropped silently."""
+    client = tracking.client()
+    tracking.log_metrics(
+        client,
+        parent_run_id,
+        {"images_used": prepared.images_used, "skipped_images": prepared.skipped_images},
+    )
+    for reason, count in prepared.skipped_by_reason.items():
+        tracking.log_metrics(client, parent_run_id, {f"skipped_{reason}": count})
+    client.log_text(parent_run_id, skipped_files_csv(prepared.skipped), "skipped_files.csv")
+    if prepared.skipped:
+        create_table_artifact(
+            key="compare-heads-skipped-files",
+            table=prepared.skipped[:1000],
+            description=f"{prepared.skipped_images} source files skipped: {prepared.skipped_by_reason}",
+        )

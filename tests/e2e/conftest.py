@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import (
+# Plain asserts in the helpers explain themselves too.
+pytest.register_assert_rewrite("tests.e2e.harness")
+
+from tests.e2e.harness import (  # noqa: E402
     FIRST_RUN_PARAMS,
     IMAGES_PER_CLASS,
     ON_DEMAND,
@@ -27,7 +30,7 @@ from tests.e2e.harness import (
     free_port,
     kill_leftovers,
 )
-from tests.fixtures import make_pet_images
+from tests.fixtures import make_pet_images  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +73,10 @@ def services(tmp_path_factory) -> Iterator[Services]:
                 )
         yield running
     finally:
-        running.run(SERVICES_SCRIPT, "down", timeout=120)
-        kill_leftovers(home / "services")
+        try:
+            running.run(SERVICES_SCRIPT, "down", timeout=120)
+        finally:
+            kill_leftovers(home / "services")
 
 
 @pytest.fixture(scope="session")
