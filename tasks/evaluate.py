@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import mlflow
 from prefect import task
 from prefect.cache_policies import NONE
 
-import mlflow
 from gap_models.analysis import translation_accuracy
 from gap_models.data import load_split
 from gap_models.evaluation import evaluate_model

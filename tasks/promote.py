@@ -48,7 +48,12 @@ def _current_champion(client, name: str):
 def _register(client, name: str, candidate: TrainedRun):
     with contextlib.suppress(MlflowException):  # exists already
         client.create_registered_model(name)
-    return client.create_model_version(name, source=candidate.model_uri, run_id=candidate.run_id)
+    # MLflow 3 logged models live at models:/<model id>; a tracking server insists that the
+    # version names that id as well as the source.
+    model_id = candidate.model_uri.removeprefix("models:/")
+    return client.create_model_version(
+        name, source=candidate.model_uri, run_id=candidate.run_id, model_id=model_id
+    )
 
 
 @task(name="promote", cache_policy=NONE)

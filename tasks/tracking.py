@@ -16,10 +16,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
-
-import mlflow
 
 EXPERIMENT_NAME = "compare-heads"
 REGISTERED_MODEL_NAME = "cats-vs-dogs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import keras
+import mlflow
 import numpy as np
 import tensorflow as tf
 from mlflow.models import infer_signature
@@ -12,7 +13,6 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-import mlflow
 from gap_models.config import RunConfig
 from gap_models.data import load_split, make_dataset
 from gap_models.models import build_model, compile_model, trainable_params

@@ -9,7 +9,7 @@ import re
 import signal
 import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -55,7 +55,7 @@ class Services:
     prefect_url: str
     prefect_api_url: str
     home: Path
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)
 
     def run(self, *command: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run a command against these services (their URLs in its environment)."""

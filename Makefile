@@ -1,0 +1,67 @@
+# The few commands people run. Everything works from a fresh clone: each target builds the
+# virtual environment first when it needs one.
+#
+#   make run [PARAMS='{"epochs": 1}']   services, deployments, one watched flow run, links
+#   make test                            every test tier (unit, integration, e2e)
+#   make up | down | status              the MLflow server, Prefect server and worker
+#   make deploy                          (re)apply the deployments in prefect.yaml
+#   make lint                            ruff
+#
+# Ports: MLFLOW_PORT (5000) and PREFECT_PORT (4200), read from the environment by
+# scripts/services.sh, e.g. `MLFLOW_PORT=5001 make up`.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Written after a successful install; reinstalls only when pyproject.toml changes.
+INSTALLED := $(VENV)/.installed
+
+# Flow parameters for `make run`, as a JSON object; exported so that the JSON's quotes and
+# spaces reach scripts/run.sh untouched.
+PARAMS ?=
+export PARAMS
+
+.DEFAULT_GOAL := help
+.PHONY: help venv up down status deploy run test lint
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+venv: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
+	@touch $@
+
+up: venv
+	scripts/services.sh up
+
+down:
+	scripts/services.sh down
+
+# Exit status 3 from the script means "not everything is up": informative, not an error here.
+status:
+	@scripts/services.sh status || true
+
+deploy: up
+	scripts/services.sh deploy
+
+run: venv
+	scripts/run.sh
+
+# The UI test drives a headless Chromium from Debian; CI runs as root and installs it.
+test: venv
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "Installing chromium (for the MLflow UI test)..."; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "NOTE: /usr/bin/chromium is missing and this is not root: the UI test will skip."; \
+		fi; \
+	fi
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .

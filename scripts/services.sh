@@ -1,0 +1,383 @@
+#!/usr/bin/env bash
+# Start, stop and show the local services compare-heads runs against:
+#   - an MLflow tracking server (SQLite backend, artifacts proxied by the server),
+#   - a Prefect server (SQLite, its home under .services/prefect),
+#   - a Prefect process worker polling the work pool `compare-heads-pool`; it runs flow runs
+#     with MLFLOW_TRACKING_URI pointing at the MLflow server, so every run logs over HTTP.
+#
+# Usage: scripts/services.sh up|down|status|deploy|env
+#   up      start whatever is not running (idempotent), create the work pool
+#   down    stop the worker, then both servers (whole process trees)
+#   status  one line per service: up/down, pid, URL, log; exit status 3 unless all are up
+#   deploy  create or update every deployment in prefect.yaml (idempotent)
+#   env     print PREFECT_API_URL and MLFLOW_TRACKING_URI as shell exports
+#
+# `up` is idempotent: a service whose pid file names a live process that answers its health
+# check is reused. Everything binds to 127.0.0.1 unless COMPARE_HEADS_BIND_HOST says otherwise.
+#
+# How the plain `.venv/bin/prefect` CLI finds the server: `up` writes `prefect.toml` at the
+# repository root (git-ignored) with `[api] url = ...`. Prefect 3 reads `prefect.toml` from
+# the current directory, so `.venv/bin/prefect deployment run ...` works from the repository
+# root with no environment variables and without touching the user's global ~/.prefect
+# profile. `down` removes the file again, so in-process runs (`compare-heads run`, tests)
+# fall back to Prefect's ephemeral mode. An explicit PREFECT_API_URL in the environment
+# still wins over the file.
+#
+# Settings (environment variables, all optional):
+#   MLFLOW_PORT (5000), PREFECT_PORT (4200)      ports of the two servers
+#   COMPARE_HEADS_BIND_HOST (127.0.0.1)           interface both servers bind to
+#   COMPARE_HEADS_SERVICES_DIR (<repo>/.services) pid files, logs, the Prefect server's home
+#   COMPARE_HEADS_MLFLOW_DIR (<repo>/mlflow)      mlflow.db, artifacts/, server.log
+#   COMPARE_HEADS_WORK_POOL (compare-heads-pool)  the process work pool the worker polls
+#   COMPARE_HEADS_WORKER_LIMIT (1)                flow runs the worker runs at once
+#   COMPARE_HEADS_WRITE_PREFECT_TOML (1)          0: leave <repo>/prefect.toml alone (tests)
+#   COMPARE_HEADS_STARTUP_TIMEOUT (180)           seconds to wait for a server to be healthy
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV_BIN="$ROOT/.venv/bin"
+SERVICES_DIR="${COMPARE_HEADS_SERVICES_DIR:-$ROOT/.services}"
+MLFLOW_DIR="${COMPARE_HEADS_MLFLOW_DIR:-$ROOT/mlflow}"
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+PREFECT_PORT="${PREFECT_PORT:-4200}"
+BIND_HOST="${COMPARE_HEADS_BIND_HOST:-127.0.0.1}"
+WORK_POOL="${COMPARE_HEADS_WORK_POOL:-compare-heads-pool}"
+WORKER_LIMIT="${COMPARE_HEADS_WORKER_LIMIT:-1}"
+WRITE_PREFECT_TOML="${COMPARE_HEADS_WRITE_PREFECT_TOML:-1}"
+STARTUP_TIMEOUT="${COMPARE_HEADS_STARTUP_TIMEOUT:-180}"
+PREFECT_TOML="$ROOT/prefect.toml"
+PREFECT_TOML_MARKER="# written by scripts/services.sh"
+
+# Clients reach a wildcard bind through the loopback address.
+case "$BIND_HOST" in
+    0.0.0.0 | :: | "[::]") CLIENT_HOST=127.0.0.1 ;;
+    *) CLIENT_HOST="$BIND_HOST" ;;
+esac
+MLFLOW_URL="http://$CLIENT_HOST:$MLFLOW_PORT"
+PREFECT_UI_URL="http://$CLIENT_HOST:$PREFECT_PORT"
+PREFECT_API="$PREFECT_UI_URL/api"
+
+# Every Prefect command below (server, worker, CLI calls) uses the repo-local home and API.
+export PREFECT_HOME="$SERVICES_DIR/prefect"
+export PREFECT_API_URL="$PREFECT_API"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# Keep the server's UI pointing at the address people open.
+export PREFECT_UI_API_URL="$PREFECT_API"
+# TensorFlow's start-up banner (oneDNN, CPU features) would fill the worker log and the
+# output of `deploy`, which imports the flow; warnings and errors still show.
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+log() { printf '%s\n' "$*"; }
+fail() {
+    printf 'services.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+pid_file() { printf '%s/%s.pid' "$SERVICES_DIR" "$1"; }
+log_file() {
+    case "$1" in
+        mlflow) printf '%s/server.log' "$MLFLOW_DIR" ;;
+        prefect) printf '%s/prefect-server.log' "$SERVICES_DIR" ;;
+        worker) printf '%s/worker.log' "$SERVICES_DIR" ;;
+    esac
+}
+
+# What a service's command line contains: a recycled pid running something else is not it.
+command_signature() {
+    case "$1" in
+        mlflow) printf 'mlflow server' ;;
+        prefect) printf 'prefect server start' ;;
+        worker) printf 'prefect worker start' ;;
+    esac
+}
+
+# The pid recorded for a service, if that process is still alive and still the service.
+live_pid() {
+    local file pid
+    file="$(pid_file "$1")"
+    [[ -f "$file" ]] || return 1
+    pid="$(cat "$file")"
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$(command_signature "$1")" \
+        || return 1
+    printf '%s' "$pid"
+}
+
+healthy() {
+    case "$1" in
+        mlflow) curl -fsS --max-time 3 "$MLFLOW_URL/health" >/dev/null 2>&1 ;;
+        prefect) curl -fsS --max-time 3 "$PREFECT_API/health" >/dev/null 2>&1 ;;
+        worker) live_pid worker >/dev/null ;;
+    esac
+}
+
+port_in_use() {
+    # Whether anything accepts connections on the port (bash's /dev/tcp, no extra tools).
+    (exec 3<>"/dev/tcp/$CLIENT_HOST/$1") 2>/dev/null
+}
+
+# Run a command in its own session (so `down` can stop its whole process group) and record
+# its pid. The child writes its own pid: after setsid it is the session and group leader.
+start_detached() {
+    local name="$1" log
+    shift
+    log="$(log_file "$name")"
+    printf '\n==== %s: starting %s ====\n' "$(date -u +%FT%TZ)" "$name" >>"$log"
+    rm -f "$(pid_file "$name")"
+    # shellcheck disable=SC2016 # expanded by the inner bash, on purpose
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$(pid_file "$name")" "$@" \
+        </dev/null >>"$log" 2>&1 &
+    local waited=0
+    until [[ -s "$(pid_file "$name")" ]]; do
+        sleep 0.1
+        waited=$((waited + 1))
+        ((waited < 100)) || fail "$name did not start (no pid file); see $log"
+    done
+}
+
+wait_healthy() {
+    local name="$1" url="$2" deadline=$((SECONDS + STARTUP_TIMEOUT))
+    until healthy "$name"; do
+        if ! live_pid "$name" >/dev/null; then
+            log_tail "$name"
+            fail "$name exited during start-up; full log: $(log_file "$name")"
+        fi
+        if ((SECONDS >= deadline)); then
+            log_tail "$name"
+            fail "$name was not healthy at $url after ${STARTUP_TIMEOUT}s; full log: $(log_file "$name")"
+        fi
+        sleep 1
+    done
+}
+
+log_tail() {
+    local log
+    log="$(log_file "$1")"
+    printf -- '---- last lines of %s ----\n' "$log" >&2
+    tail -n 30 "$log" >&2 2>/dev/null || true
+    printf -- '----\n' >&2
+}
+
+warn_bind() {
+    if [[ "$BIND_HOST" != 127.0.0.1 && "$BIND_HOST" != localhost ]]; then
+        log "WARNING: COMPARE_HEADS_BIND_HOST=$BIND_HOST: the servers accept connections from" \
+            "other machines, with no authentication."
+    fi
+}
+
+start_mlflow() {
+    if live_pid mlflow >/dev/null && healthy mlflow; then
+        log "mlflow   already up   $MLFLOW_URL (pid $(live_pid mlflow))"
+        return
+    fi
+    if port_in_use "$MLFLOW_PORT"; then
+        fail "port $MLFLOW_PORT is taken by a process these scripts did not start;" \
+            "stop it or choose another port with MLFLOW_PORT=..."
+    fi
+    mkdir -p "$MLFLOW_DIR/artifacts"
+    # --serve-artifacts is the default: clients upload artifacts through the server, which
+    # stores them under --artifacts-destination. Two workers are plenty on a laptop. The
+    # server's job runner (GenAI scorers, prompt optimisation) is unused here and costs
+    # about 1.5 GB in seven background processes: off unless asked for.
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
+        start_detached mlflow "$VENV_BIN/mlflow" server \
+            --host "$BIND_HOST" --port "$MLFLOW_PORT" --workers 2 \
+            --backend-store-uri "sqlite:///$MLFLOW_DIR/mlflow.db" \
+            --artifacts-destination "$MLFLOW_DIR/artifacts"
+    wait_healthy mlflow "$MLFLOW_URL/health"
+    log "mlflow   started      $MLFLOW_URL (pid $(live_pid mlflow), log $(log_file mlflow))"
+}
+
+start_prefect() {
+    if live_pid prefect >/dev/null && healthy prefect; then
+        log "prefect  already up   $PREFECT_UI_URL (pid $(live_pid prefect))"
+        return
+    fi
+    if port_in_use "$PREFECT_PORT"; then
+        fail "port $PREFECT_PORT is taken by a process these scripts did not start;" \
+            "stop it or choose another port with PREFECT_PORT=..."
+    fi
+    mkdir -p "$PREFECT_HOME"
+    start_detached prefect "$VENV_BIN/prefect" server start \
+        --host "$BIND_HOST" --port "$PREFECT_PORT"
+    wait_healthy prefect "$PREFECT_API/health"
+    log "prefect  started      $PREFECT_UI_URL (pid $(live_pid prefect), log $(log_file prefect))"
+}
+
+ensure_work_pool() {
+    if "$VENV_BIN/prefect" work-pool inspect "$WORK_POOL" >/dev/null 2>&1; then
+        return
+    fi
+    "$VENV_BIN/prefect" work-pool create "$WORK_POOL" --type process >/dev/null \
+        || fail "could not create work pool $WORK_POOL"
+    log "pool     created      $WORK_POOL (process)"
+}
+
+start_worker() {
+    if live_pid worker >/dev/null; then
+        log "worker   already up   pool $WORK_POOL (pid $(live_pid worker))"
+        return
+    fi
+    local log offset deadline=$((SECONDS + 60))
+    log="$(log_file worker)"
+    offset="$(stat -c %s "$log" 2>/dev/null || echo 0)"
+    # Flow runs inherit the worker's environment: they log to the MLflow server over HTTP.
+    MLFLOW_TRACKING_URI="$MLFLOW_URL" start_detached worker "$VENV_BIN/prefect" worker start \
+        --pool "$WORK_POOL" --type process --limit "$WORKER_LIMIT" \
+        --name "compare-heads-worker-$PREFECT_PORT"
+    # A worker has no health endpoint: wait for this start's "started!" line, or its death.
+    until tail -c "+$((offset + 1))" "$log" | grep -q "started!"; do
+        if ! live_pid worker >/dev/null; then
+            log_tail worker
+            fail "worker exited during start-up; full log: $(log_file worker)"
+        fi
+        if ((SECONDS >= deadline)); then
+            log_tail worker
+            fail "worker did not report started within 60s; full log: $(log_file worker)"
+        fi
+        sleep 1
+    done
+    log "worker   started      pool $WORK_POOL (pid $(live_pid worker), log $(log_file worker))"
+}
+
+write_prefect_toml() {
+    [[ "$WRITE_PREFECT_TOML" == 1 ]] || return 0
+    if [[ -f "$PREFECT_TOML" ]] && ! grep -qF "$PREFECT_TOML_MARKER" "$PREFECT_TOML"; then
+        log "NOTE: $PREFECT_TOML exists and was not written by this script; left alone." \
+            "Set PREFECT_API_URL=$PREFECT_API to reach the server."
+        return
+    fi
+    cat >"$PREFECT_TOML" <<EOF
+$PREFECT_TOML_MARKER up; removed by scripts/services.sh down.
+# Points the Prefect CLI, run from this directory, at the local server.
+[api]
+url = "$PREFECT_API"
+EOF
+}
+
+remove_prefect_toml() {
+    [[ "$WRITE_PREFECT_TOML" == 1 ]] || return 0
+    if [[ -f "$PREFECT_TOML" ]] && grep -qF "$PREFECT_TOML_MARKER" "$PREFECT_TOML"; then
+        rm -f "$PREFECT_TOML"
+    fi
+}
+
+# All descendants of a pid, deepest last (flow runs may sit in their own sessions).
+descendants() {
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        printf '%s\n' "$child"
+        descendants "$child"
+    done
+}
+
+stop_service() {
+    local name="$1" pid pids
+    if ! pid="$(live_pid "$name")"; then
+        rm -f "$(pid_file "$name")"
+        log "$(printf '%-8s' "$name") not running"
+        return
+    fi
+    # Collect the tree first: flow-run processes run in sessions of their own, and would be
+    # orphaned (and missed) once the worker is gone.
+    pids="$pid $(descendants "$pid" | tr '\n' ' ')"
+    # shellcheck disable=SC2086
+    kill -TERM -- "-$pid" $pids 2>/dev/null || true
+    # The servers exit within a second or two; Prefect's worker can hang in its graceful
+    # shutdown, so whatever is left after 5 s is killed.
+    local waited=0
+    # shellcheck disable=SC2086
+    while kill -0 $pids 2>/dev/null && ((waited < 50)); do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    # shellcheck disable=SC2086
+    kill -KILL -- "-$pid" $pids 2>/dev/null || true
+    rm -f "$(pid_file "$name")"
+    log "$(printf '%-8s' "$name") stopped (pid $pid)"
+}
+
+check_port() {
+    if ! [[ "$2" =~ ^[0-9]+$ ]] || (($2 < 1 || $2 > 65535)); then
+        fail "$1=$2 is not a port number"
+    fi
+}
+
+cmd_up() {
+    check_port MLFLOW_PORT "$MLFLOW_PORT"
+    check_port PREFECT_PORT "$PREFECT_PORT"
+    [[ -x "$VENV_BIN/mlflow" && -x "$VENV_BIN/prefect" ]] \
+        || fail "$VENV_BIN has no mlflow/prefect; run 'make venv' first"
+    mkdir -p "$SERVICES_DIR" "$MLFLOW_DIR"
+    warn_bind
+    log "binding to $BIND_HOST (set COMPARE_HEADS_BIND_HOST to change)"
+    start_mlflow
+    start_prefect
+    write_prefect_toml
+    ensure_work_pool
+    start_worker
+    log ""
+    log "MLflow UI:  $MLFLOW_URL"
+    log "Prefect UI: $PREFECT_UI_URL"
+}
+
+cmd_deploy() {
+    healthy prefect || fail "the Prefect server at $PREFECT_API is not up; run 'make up' first"
+    # Every deployment in prefect.yaml, created or updated in place (idempotent). Run from
+    # the repository root: the build step there records it as the flow runs' working dir.
+    (cd "$ROOT" && "$VENV_BIN/prefect" --no-prompt deploy --all) \
+        || fail "prefect deploy failed (see the output above)"
+}
+
+# Settings a client needs, as shell assignments: eval "$(scripts/services.sh env)".
+cmd_env() {
+    printf 'export PREFECT_API_URL=%q\n' "$PREFECT_API"
+    printf 'export MLFLOW_TRACKING_URI=%q\n' "$MLFLOW_URL"
+    printf 'PREFECT_UI_URL=%q\n' "$PREFECT_UI_URL"
+}
+
+cmd_down() {
+    # The worker first, so it stops picking up runs before the servers go.
+    stop_service worker
+    stop_service prefect
+    stop_service mlflow
+    remove_prefect_toml
+}
+
+cmd_status() {
+    local name pid state url some_down=0 prefect_down=0
+    for name in mlflow prefect worker; do
+        case "$name" in
+            mlflow) url="$MLFLOW_URL" ;;
+            prefect) url="$PREFECT_UI_URL" ;;
+            worker) url="pool $WORK_POOL" ;;
+        esac
+        if pid="$(live_pid "$name")"; then
+            if healthy "$name"; then state=up; else state="unhealthy"; some_down=1; fi
+        else
+            pid="-"
+            state=down
+            some_down=1
+        fi
+        [[ "$name" != prefect || "$state" == up ]] || prefect_down=1
+        printf '%-8s %-10s pid %-8s %s  (log %s)\n' "$name" "$state" "$pid" "$url" \
+            "$(log_file "$name")"
+    done
+    if [[ "$prefect_down" != 0 && -f "$PREFECT_TOML" ]] && grep -qF "$PREFECT_TOML_MARKER" "$PREFECT_TOML"; then
+        log "NOTE: prefect.toml still points the Prefect CLI at $PREFECT_API;" \
+            "run 'make up' to restart the services or 'make down' to remove it."
+    fi
+    return $((some_down ? 3 : 0))
+}
+
+case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    deploy) cmd_deploy ;;
+    env) cmd_env ;;
+    *)
+        printf 'usage: %s up|down|status|deploy|env\n' "$0" >&2
+        exit 2
+        ;;
+esac
