@@ -102,16 +102,17 @@ def translation_accuracy(
 def class_activation_maps(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """Dog-evidence maps ``(n, h, w)`` at image resolution for a ``gap`` model.
 
-    With global average pooling, the logit is ``b + sum_k w_k * mean(A_k)`` = the mean over
-    positions of ``M(x, y) = sum_k w_k A_k(x, y) + b``: M is the per-position contribution
-    to "dog" (positive) or "cat" (negative). A flattened FC head mixes positions in its
-    first dense layer, so no such per-position map exists for it.
+    With global average pooling, the logit is ``b + sum_k w_k * mean(A_k)``: the spatial
+    mean of ``M(x, y) = sum_k w_k A_k(x, y)`` plus the output bias. M is the per-position
+    vote for "dog" (positive) or "cat" (negative); the bias is a constant, not a place,
+    so it is left out (Zhou et al. 2016). A flattened FC head mixes positions in its first
+    dense layer, so no such per-position map exists for it.
     """
     if "global_average_pool" not in [layer.name for layer in model.layers]:
         raise ValueError(f"class activation maps need the 'gap' head, not {model.name!r}")
     features = keras.Model(model.inputs, model.get_layer("head_pool3").output)
     maps = np.asarray(features.predict(images, verbose=0))  # (n, h', w', k)
-    weights, bias = model.get_layer("output").get_weights()
-    cams = np.tensordot(maps, weights[:, 0], axes=([3], [0])) + bias[0]
+    weights, _bias = model.get_layer("output").get_weights()
+    cams = np.tensordot(maps, weights[:, 0], axes=([3], [0]))
     zoom = (1, images.shape[1] / cams.shape[1], images.shape[2] / cams.shape[2])
     return ndimage.zoom(cams, zoom, order=1)

@@ -93,8 +93,9 @@ def claims(results: list[RunResult], gap_head: str = "gap", fc_head: str = "fc")
         {
             "claim": "GAP turns feature maps into category confidence maps",
             "verdict": SUPPORTED,
-            "evidence": "by construction the mean of the class activation map is the logit "
-            "(checked numerically in the tests); see cam_grid.png for where the evidence lies",
+            "evidence": "by construction the class activation map's spatial mean plus the output "
+            "bias is the logit (checked numerically in the tests); see cam_grid.png for where "
+            "the evidence lies",
         }
     )
     return table

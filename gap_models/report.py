@@ -248,14 +248,14 @@ def plot_cam_grid(
 ) -> Figure:
     """Per photo: the photo, where the evidence for "dog" lies, where it lies for "cat".
 
-    ``cams`` are dog-evidence maps (positive = dog); the cat map is the negated map.
-    Both use one colour scale per photo, clipped at zero, overlaid at 50% on the photo.
+    ``cams`` are dog-evidence maps (positive = dog); the cat map is the negated map. Each
+    is clipped at zero and scaled to its own maximum (as CAMs are drawn), so it shows
+    where that class's evidence lies, not how much there is; overlaid at 50% on the photo.
     """
     count = len(images)
     figure = Figure(figsize=(6.6, 2.2 * count), layout="constrained")
     grid = figure.subplots(count, 3, squeeze=False)
     for row in range(count):
-        scale = float(np.abs(cams[row]).max()) or 1.0
         truth = "dog" if labels[row] else "cat"
         grid[row, 0].imshow(images[row])
         grid[row, 0].set_title(f"{truth}: P(dog)={probabilities[row]:.2f}", fontsize=9)
@@ -264,6 +264,7 @@ def plot_cam_grid(
         ):
             grid[row, column].imshow(images[row])
             evidence = np.clip(sign * cams[row], 0, None)
+            scale = float(evidence.max()) or 1.0
             grid[row, column].imshow(evidence, cmap=colours, alpha=0.5, vmin=0, vmax=scale)
             grid[row, column].set_title(f"evidence for {name}", fontsize=9)
     for axes in grid.flat:

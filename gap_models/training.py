@@ -118,3 +118,30 @@ def train_model(
         epochs=len(reporter.epoch_seconds),  # fewer than asked when stopped early
         epoch_seconds=reporter.epoch_seconds,
     )
+
+
+def recalibrate_batch_norm(model: keras.Model, dataset, max_batches: int = 100) -> int:
+    """Replace BatchNorm's moving statistics by their average over training batches.
+
+    Keras tracks them as exponential moving averages (momentum 0.99) starting from mean 0
+    and variance 1: after few steps they still mostly reflect that start, and inference
+    with them collapses to one class (measured: 1 epoch on 486 photos, 51 % test accuracy
+    with the moving averages, 54-61 % with batch statistics). A forward pass in training
+    mode with momentum k / (k + 1) at batch k makes each statistic the plain mean over the
+    first ``max_batches`` batches ("precise BN"). Weights are untouched. Returns the
+    number of batches used.
+    """
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    used = 0
+    try:
+        for used, (images, _labels) in enumerate(dataset.take(max_batches), start=1):
+            for layer in layers:
+                layer.momentum = (used - 1) / used
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return used

@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from gap_models.config import RunConfig
 from gap_models.data import load_split, make_dataset
 from gap_models.models import build_model, compile_model, trainable_params
-from gap_models.training import augmenter, train_model
+from gap_models.training import augmenter, recalibrate_batch_norm, train_model
 from tasks import run_logger, tracking
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -59,6 +59,7 @@ def _training_settings(config: RunConfig) -> dict[str, object]:
         "learning_rate": config.learning_rate,
         "image_size": config.image_size,
         "recipe": config.recipe,
+        "batch_norm": "precise",  # statistics recalibrated after training
     }
 
 
@@ -161,6 +162,11 @@ def train_head(
             on_epoch=on_epoch,
             recipe=config.recipe,
         )
+        # Precise BN: the logged model and its test scores use BatchNorm statistics averaged
+        # over training batches, not the moving averages that lag after few steps.
+        calibration = recalibrate_batch_norm(
+            model, make_dataset(train_images, train_labels, config.batch_size)
+        )
         tracking.log_metrics(
             client,
             run_id,
@@ -168,6 +174,7 @@ def train_head(
                 "train_seconds": result.train_seconds,
                 "train_images_per_second": result.images_per_second,
                 "best_val_accuracy": result.best_val_accuracy,
+                "bn_recalibration_batches": calibration,
             },
         )
         sample = val_images[:2]

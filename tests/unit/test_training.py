@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -94,3 +95,19 @@ def test_improved_recipe_augments_and_stops_early():
     batch = next(iter(make_dataset(images, labels, 32, shuffle_seed=0, augment=augmenter(0))))
     assert batch[0].shape == (32, 40, 40, 3)
     assert not np.array_equal(np.asarray(batch[0]).astype(np.uint8).sum(), images.sum())
+
+
+def test_precise_batch_norm_replaces_lagging_moving_statistics():
+    """After a few steps the moving averages still sit near their start (0, 1); after
+    recalibration they equal the mean of the batch statistics."""
+    from gap_models.training import recalibrate_batch_norm
+
+    images, labels = _tiny_set(64)
+    model = build_model("gap", image_size=40, seed=0)
+    layer = model.get_layer("head_bn1")
+    assert np.allclose(layer.moving_mean.numpy(), 0)
+    used = recalibrate_batch_norm(model, make_dataset(images, labels, 16), max_batches=3)
+    assert used == 3 and layer.momentum == 0.99
+    conv = keras.Model(model.inputs, model.get_layer("head_conv1").output)
+    batch_means = [conv(images[i : i + 16]).numpy().mean(axis=(0, 1, 2)) for i in (0, 16, 32)]
+    np.testing.assert_allclose(layer.moving_mean.numpy(), np.mean(batch_means, axis=0), rtol=1e-4, atol=1e-5)
