@@ -44,7 +44,7 @@ FOLDER_LABELS = {"Cat": 0, "Dog": 1}
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 PREPROCESS_VERSION = 2
 """Bump when decoding or resizing changes: it is part of every cache key."""
-MAX_DECODE_PIXELS = 200_000_000
+MAX_DECODE_PIXELS = 100_000_000
 """Images with more pixels are refused as ``too_large`` (a decompression bomb guard)."""
 TFDS_HOST = ("download.microsoft.com", 443)
 NETWORK_TIMEOUT_SECONDS = 10.0

@@ -12,9 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @pytest.fixture
-def isolated_homes(tmp_path, monkeypatch):
-    """A throw-away SQLite MLflow store, preprocessing cache and output folder."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+def tracking_uri(tmp_path, monkeypatch) -> str:
+    """A throw-away SQLite MLflow store, preprocessing cache and output folder for one
+    test (set in the environment, as a user would); returns the tracking URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("COMPARE_HEADS_OUTPUT_DIR", str(tmp_path / "outputs"))
-    return tmp_path
+    return uri

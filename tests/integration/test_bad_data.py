@@ -15,11 +15,10 @@ from tests.fixtures import bad_files, make_pet_images, zip_folder
 pytestmark = pytest.mark.integration
 
 
-def test_defective_archive_completes_with_exact_skip_counts(tmp_path, monkeypatch, prefect_harness):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("COMPARE_HEADS_OUTPUT_DIR", str(tmp_path / "outputs"))
+def test_defective_archive_completes_with_exact_skip_counts(
+    tmp_path, monkeypatch, tracking_uri, prefect_harness
+):
+    uri = tracking_uri
     photos = make_pet_images(tmp_path / "photos", per_class=60, size=32)
     for index, (name, (payload, _)) in enumerate(bad_files().items()):
         folder = "Cat" if index % 2 else "Dog"

@@ -11,11 +11,8 @@ from tests.fixtures import make_pet_images
 pytestmark = pytest.mark.integration
 
 
-def test_improved_recipe_is_logged(tmp_path, monkeypatch, prefect_harness):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("COMPARE_HEADS_OUTPUT_DIR", str(tmp_path / "outputs"))
+def test_improved_recipe_is_logged(tmp_path, tracking_uri, prefect_harness):
+    uri = tracking_uri
     source = str(make_pet_images(tmp_path / "photos", per_class=60, size=32))
     summary = compare_heads(
         source=source, image_size=32, batch_size=16, epochs=2, heads=["gap"], promote=False,

@@ -16,12 +16,11 @@ pytestmark = pytest.mark.integration
 PARAMS = dict(image_size=32, batch_size=16, epochs=1, heads=["gap", "fc"], seeds=[0], promote=False)
 
 
-def test_rerun_after_a_crash_reuses_finished_heads(tmp_path, monkeypatch, prefect_harness):
+def test_rerun_after_a_crash_reuses_finished_heads(
+    tmp_path, monkeypatch, tracking_uri, prefect_harness
+):
     source = str(make_pet_images(tmp_path / "photos", per_class=60, size=32))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("COMPARE_HEADS_OUTPUT_DIR", str(tmp_path / "outputs"))
+    uri = tracking_uri
     real_train = tasks.train.train_model
     trained_heads: list[str] = []
 

@@ -110,4 +110,6 @@ def test_precise_batch_norm_replaces_lagging_moving_statistics():
     assert used == 3 and layer.momentum == 0.99
     conv = keras.Model(model.inputs, model.get_layer("head_conv1").output)
     batch_means = [conv(images[i : i + 16]).numpy().mean(axis=(0, 1, 2)) for i in (0, 16, 32)]
-    np.testing.assert_allclose(layer.moving_mean.numpy(), np.mean(batch_means, axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        layer.moving_mean.numpy(), np.mean(batch_means, axis=0), rtol=1e-4, atol=1e-5
+    )

@@ -1,0 +1,61 @@
+"""Prediction: one line per file; bad, huge or missing files are per-file errors."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+
+import numpy as np
+
+from gap_models.models import build_model
+from gap_models.predict import classify_files
+from tests.fixtures import make_pet_image
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels but carries no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_each_file_gets_a_verdict_or_an_error(tmp_path):
+    good = tmp_path / "cat.jpg"
+    make_pet_image(0, 64).save(good)
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_header_only(50_000, 50_000))
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    missing = tmp_path / "missing.jpg"
+    model = build_model("gap", image_size=40)
+    started = time.perf_counter()
+    results = classify_files(model, [good, huge, text, missing], image_size=40)
+    assert time.perf_counter() - started < 30
+    assert [r.path for r in results] == [str(p) for p in (good, huge, text, missing)]
+    assert results[0].label in ("cat", "dog") and 0.5 <= results[0].probability <= 1
+    assert results[1].error.startswith("too_large")
+    assert results[2].error.startswith("not_an_image")
+    assert "No such file" in results[3].error
+    assert results[0].line().count("\t") == 2 and results[1].line().split("\t")[1] == "error"
+
+
+def test_probability_is_of_the_predicted_label(tmp_path):
+    class Always:
+        def __init__(self, p_dog):
+            self.p_dog = p_dog
+
+        def predict(self, images, verbose=0):
+            return np.full((len(images), 1), self.p_dog)
+
+    path = tmp_path / "x.jpg"
+    make_pet_image(1, 32).save(path)
+    (cat,) = classify_files(Always(0.2), [path], 32)
+    (dog,) = classify_files(Always(0.9), [path], 32)
+    assert (cat.label, round(cat.probability, 4)) == ("cat", 0.8)
+    assert (dog.label, round(dog.probability, 4)) == ("dog", 0.9)
