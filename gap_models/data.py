@@ -58,6 +58,10 @@ class DataError(ValueError):
     """The source cannot be used (wrong layout, too few images): raised before training."""
 
 
+class OfflineError(ConnectionError):
+    """The download host is unreachable: permanent for this run, so not worth retrying."""
+
+
 class ImageDecodeError(ValueError):
     """One file is not a usable image; ``reason`` is the short name it is counted under."""
 
@@ -210,7 +214,7 @@ def check_network(
     thread.join(timeout)
     if not outcome or outcome[0] is not None:
         reason = outcome[0] if outcome else f"no answer within {timeout:.0f} s"
-        raise ConnectionError(
+        raise OfflineError(
             f"cannot reach {host[0]} to download {DEFAULT_SOURCE} ({reason}). Without network, "
             "set the `source` parameter to a local copy of the photos: a .zip archive or folder "
             "in PetImages/{Cat,Dog}/*.jpg layout, e.g. "

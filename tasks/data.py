@@ -31,15 +31,30 @@ class PreparedRef:
         return asdict(self)
 
 
-@task(name="download", retries=2, retry_delay_seconds=[5, 30], cache_policy=NONE)
+def is_transient(task, task_run, state) -> bool:
+    """Retry a failed download unless the failure is permanent: a wrong layout or a host
+    that cannot be reached at all (each retry would only repeat the same answer)."""
+    try:
+        state.result()
+    except (data.DataError, data.OfflineError):
+        return False
+    except Exception:  # a broken connection mid-download, a server error: try again
+        return True
+    return False
+
+
+@task(
+    name="download",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=is_transient,
+    cache_policy=NONE,
+)
 def download(source: str) -> str:
     """Download tfds:cats_vs_dogs (unless prepared) or check a local source's layout."""
     logger = run_logger()
     logger.info("Checking source %s", source)
-    try:
-        return data.download(source)
-    except data.DataError:
-        raise  # a wrong layout does not heal by retrying
+    return data.download(source)
 
 
 @task(name="preprocess", cache_policy=NONE)
