@@ -45,6 +45,12 @@ def run(
     recipe: Annotated[
         str, typer.Option(help="faithful (the article's training) or improved")
     ] = "faithful",
+    precision: Annotated[
+        str, typer.Option(help="mixed_bfloat16 (fast) or float32 (the article's arithmetic)")
+    ] = "mixed_bfloat16",
+    batch_norm: Annotated[
+        str, typer.Option(help="fused (fast) or keras (Keras' own BatchNormalization)")
+    ] = "fused",
 ) -> None:
     """Run the compare-heads flow in this process (same parameters as the deployment)."""
     from pydantic import ValidationError
@@ -70,6 +76,8 @@ def run(
             max_images=max_images,
             promote=promote,
             recipe=recipe,
+            precision=precision,
+            batch_norm=batch_norm,
         )
     except ValidationError as error:
         typer.echo(f"Invalid parameters:\n{error}", err=True)

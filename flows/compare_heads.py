@@ -62,6 +62,8 @@ def compare_heads(
     max_images: int | None = None,
     promote: bool = True,
     recipe: str = "faithful",
+    precision: str = "mixed_bfloat16",
+    batch_norm: str = "fused",
 ) -> dict:
     """Train and fairly compare CNN classifier heads on Cats vs Dogs; returns the summary."""
     logger = get_run_logger()
@@ -77,6 +79,8 @@ def compare_heads(
         max_images=max_images,
         promote=promote,
         recipe=recipe,
+        precision=precision,
+        batch_norm=batch_norm,
     )
     started = time.perf_counter()
     uri = tracking.tracking_uri()

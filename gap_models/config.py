@@ -59,6 +59,13 @@ class RunConfig(BaseModel):
     # "faithful" trains as the article did; "improved" adds augmentation, a learning-rate
     # schedule and early stopping (off by default so the comparison stays faithful).
     recipe: Literal["faithful", "improved"] = "faithful"
+    # Keras dtype policy: "mixed_bfloat16" (bfloat16 compute, float32 weights and output;
+    # this CPU has AVX512_BF16) or "float32". With batch_norm "keras" and precision
+    # "float32" the models are the article's bit for bit (docs/RESULTS.md, performance).
+    precision: Literal["mixed_bfloat16", "float32"] = "mixed_bfloat16"
+    # "fused": the head's BatchNorm trains through TensorFlow's fused kernel (same maths);
+    # "keras": Keras' own layer.
+    batch_norm: Literal["fused", "keras"] = "fused"
 
     @field_validator("source")
     @classmethod

@@ -48,6 +48,8 @@ def child_params(config: RunConfig, head: str, seed: int, params: int) -> dict[s
         "image_size": config.image_size,
         "trainable_params": params,
         "recipe": config.recipe,
+        "precision": config.precision,
+        "batch_norm": config.batch_norm,
     }
 
 
@@ -59,7 +61,9 @@ def _training_settings(config: RunConfig) -> dict[str, object]:
         "learning_rate": config.learning_rate,
         "image_size": config.image_size,
         "recipe": config.recipe,
-        "batch_norm": "precise",  # statistics recalibrated after training
+        "precision": config.precision,
+        "batch_norm": config.batch_norm,
+        "batch_norm_statistics": "precise",  # recalibrated after training
     }
 
 
@@ -115,7 +119,16 @@ def train_head(
         keras.utils.set_random_seed(seed)
         train_images, train_labels = load_split(cache_dir, "train")
         val_images, val_labels = load_split(cache_dir, "validation")
-        model = compile_model(build_model(head, config.image_size, seed), config.learning_rate)
+        model = compile_model(
+            build_model(
+                head,
+                config.image_size,
+                seed,
+                precision=config.precision,
+                batch_norm=config.batch_norm,
+            ),
+            config.learning_rate,
+        )
         params = trainable_params(model)
         tracking.log_params(client, run_id, child_params(config, head, seed, params))
         tracking.log_metrics(client, run_id, {"skipped_images": skipped_images})

@@ -90,3 +90,54 @@ def test_bad_arguments_raise_value_error():
         build_model("avgpool", image_size=29)
     build_model("avgpool", image_size=30)
     build_model("gap", image_size=22)
+
+
+def test_fused_batch_norm_matches_keras_layer():
+    """Same start weights, one training-mode call: outputs and moving statistics agree with
+    Keras' own BatchNormalization to float32 rounding."""
+    import keras
+
+    from gap_models.models import FusedBatchNormalization
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 40, 40, 3), dtype=np.uint8)
+    stock = build_model("gap", image_size=40, seed=0, batch_norm="keras")
+    fused = build_model("gap", image_size=40, seed=0, batch_norm="fused")
+    assert isinstance(fused.get_layer("head_bn1"), FusedBatchNormalization)
+    assert type(stock.get_layer("head_bn1")) is keras.layers.BatchNormalization
+    np.testing.assert_allclose(
+        fused(images, training=True).numpy(), stock(images, training=True).numpy(), atol=1e-5
+    )
+    for name in ("head_bn1", "head_bn2", "head_bn3"):
+        for stat in ("moving_mean", "moving_variance"):
+            np.testing.assert_allclose(
+                getattr(fused.get_layer(name), stat).numpy(),
+                getattr(stock.get_layer(name), stat).numpy(),
+                rtol=1e-4,
+                atol=1e-6,
+            )
+    np.testing.assert_allclose(
+        fused.predict(images, verbose=0), stock.predict(images, verbose=0), atol=1e-5
+    )
+
+
+def test_fused_model_saves_and_loads_in_safe_mode(tmp_path):
+    import keras
+
+    model = build_model("gap", image_size=40, seed=0, precision="mixed_bfloat16")
+    images = np.random.default_rng(1).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert type(loaded.get_layer("head_bn2")).__name__ == "FusedBatchNormalization"
+    assert loaded.get_layer("head_conv1").compute_dtype == "bfloat16"
+    assert loaded.output.dtype == "float32"
+    np.testing.assert_array_equal(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0)
+    )
+
+
+def test_bad_precision_or_batch_norm_is_refused():
+    with pytest.raises(ValueError, match="precision 'float16'.*allowed"):
+        build_model("gap", precision="float16")
+    with pytest.raises(ValueError, match="batch_norm 'sync'.*allowed"):
+        build_model("gap", batch_norm="sync")
