@@ -5,11 +5,17 @@ included), per head and pipeline variant, min / median / max over repeats, and t
 of each variant to the article's pipeline measured in the same invocation (these machines
 are shared and noisy: compare ratios, not absolute numbers across runs).
 
-Variants (levers, one at a time):
-  article       decode JPEG, cast, divide by 255, resize on every epoch; shuffle 1000, batch 64
-  cached        the project's path: uint8 arrays decoded once, rescaling inside the model
-  cached+bf16   as cached, under Keras' mixed_bfloat16 policy (sigmoid output in float32)
-  cached+xla    as cached, compiled with jit_compile=True
+Variants (levers, added one at a time; the same models, batch 64, shuffle buffer 1000):
+  article          decode JPEG, cast, divide by 255, resize on every epoch (SPEC §1), float32,
+                   Keras' BatchNormalization: the notebook's pipeline
+  cached           uint8 arrays decoded once, batches gathered by index, rescaling inside
+                   the model, prefetch; float32, Keras' BatchNormalization
+  cached+fused     as cached, the head's BatchNorm through TensorFlow's fused kernel
+  cached+bf16      as cached, Keras' mixed_bfloat16 policy (sigmoid output in float32)
+  fused+bf16       both: the project's default (precision=mixed_bfloat16, batch_norm=fused)
+  fused+bf16+xla   the default compiled with jit_compile=True
+
+Every fit also reports its validation accuracy, so a lever that costs accuracy shows.
 
     .venv/bin/python benchmarks/throughput.py --source ../shared/data/kagglecatsanddogs_180px.zip
 """
@@ -27,7 +33,8 @@ import tensorflow as tf
 from gap_models.data import assign_split, decode_image, hash_order, iter_source, make_dataset
 from gap_models.models import build_model
 
-VARIANTS = ("article", "cached", "cached+bf16", "cached+xla")
+VARIANTS = ("article", "cached", "cached+fused", "cached+bf16", "fused+bf16", "fused+bf16+xla")
+DEFAULT_VARIANTS = ("article", "cached", "cached+fused", "cached+bf16", "fused+bf16")
 
 
 def select(source: str, train_count: int, val_count: int, image_size: int):
@@ -65,32 +72,32 @@ def article_dataset(encoded, labels, image_size: int, batch_size: int, shuffle: 
 
 def fit_once(variant: str, head: str, data, args) -> tuple[float, float]:
     """Build, compile and fit one model; return (images per second, last val accuracy)."""
-    keras.mixed_precision.set_global_policy(
-        "mixed_bfloat16" if variant == "cached+bf16" else "float32"
-    )
     keras.utils.set_random_seed(0)
+    precision = "mixed_bfloat16" if "bf16" in variant else "float32"
+    batch_norm = "fused" if "fused" in variant else "keras"
     encoded, decoded, labels, _ = data["train"]
     val_encoded, val_decoded, val_labels, _ = data["validation"]
     if variant == "article":
-        model = build_model(head, args.image_size, seed=0, rescale=False)
+        model = build_model(head, args.image_size, seed=0, rescale=False, batch_norm="keras")
         train = article_dataset(encoded, labels, args.image_size, args.batch_size, shuffle=True)
         val = article_dataset(
             val_encoded, val_labels, args.image_size, args.batch_size, shuffle=False
         )
     else:
-        model = build_model(head, args.image_size, seed=0)
+        model = build_model(
+            head, args.image_size, seed=0, precision=precision, batch_norm=batch_norm
+        )
         train = make_dataset(decoded, labels, args.batch_size, shuffle_seed=0)
         val = make_dataset(val_decoded, val_labels, args.batch_size)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss="binary_crossentropy",
         metrics=["accuracy"],
-        jit_compile=variant == "cached+xla",
+        jit_compile=variant.endswith("+xla"),
     )
     started = time.perf_counter()
     history = model.fit(train, validation_data=val, epochs=args.epochs, verbose=0)
     seconds = time.perf_counter() - started
-    keras.mixed_precision.set_global_policy("float32")
     return len(labels) * args.epochs / seconds, history.history["val_accuracy"][-1]
 
 
@@ -100,14 +107,20 @@ def main() -> None:
     )
     parser.add_argument("--source", default="../shared/data/kagglecatsanddogs_180px.zip")
     parser.add_argument("--heads", nargs="+", default=["fc", "fc_dropout", "gap"])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--val-images", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="0: TensorFlow's default")
+    parser.add_argument("--inter-op-threads", type=int, default=0, help="0: TensorFlow's default")
     args = parser.parse_args()
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
 
     data = select(args.source, args.train_images, args.val_images, args.image_size)
     print(
@@ -117,27 +130,34 @@ def main() -> None:
         f"TF {tf.__version__}, intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}"
     )
     rates: dict[tuple[str, str], list[float]] = {}
+    accuracies: dict[tuple[str, str], list[float]] = {}
     for head in args.heads:
         for repeat in range(args.repeats):
             for variant in args.variants:  # interleaved, so drift hits every variant alike
                 rate, val_accuracy = fit_once(variant, head, data, args)
                 rates.setdefault((head, variant), []).append(rate)
+                accuracies.setdefault((head, variant), []).append(val_accuracy)
                 print(
-                    f"  {head:<10} {variant:<12} repeat {repeat + 1}: {rate:7.1f} images/s (val accuracy {val_accuracy:.3f})",
+                    f"  {head:<10} {variant:<15} repeat {repeat + 1}: {rate:7.1f} images/s (val accuracy {val_accuracy:.3f})",
                     flush=True,
                 )
     print()
     print(
-        f"{'head':<10} {'variant':<12} {'min':>7} {'median':>7} {'max':>7}  ratio to article (median, min..max of per-repeat ratios)"
+        f"{'head':<10} {'variant':<15} {'min':>7} {'median':>7} {'max':>7}  "
+        "ratio to article: median (min..max of per-repeat ratios)  val accuracy (median)"
     )
     for head in args.heads:
         base = rates.get((head, "article"))
         for variant in args.variants:
             values = rates[(head, variant)]
-            line = f"{head:<10} {variant:<12} {min(values):7.1f} {statistics.median(values):7.1f} {max(values):7.1f}"
+            line = (
+                f"{head:<10} {variant:<15} {min(values):7.1f} "
+                f"{statistics.median(values):7.1f} {max(values):7.1f}"
+            )
             if base:
                 ratios = [v / b for v, b in zip(values, base, strict=True)]
-                line += f"  {statistics.median(ratios):.2f} ({min(ratios):.2f}..{max(ratios):.2f})"
+                line += f"  {statistics.median(ratios):5.2f} ({min(ratios):.2f}..{max(ratios):.2f})"
+            line += f"  {statistics.median(accuracies[(head, variant)]):.3f}"
             print(line)
 
 

@@ -6,6 +6,7 @@ Run it in-process with keyword parameters (``compare_heads(source=..., epochs=1)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from datetime import UTC, datetime
@@ -34,6 +35,21 @@ def flow_run_is_active(flow_run_id: str) -> bool:
     except (ObjectNotFound, ValueError):
         return False
     return state is not None and not state.is_final()
+
+
+class PhaseClock:
+    """Wall seconds per phase of the flow (summed over repeats): ``with phases("train"):``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def reused_test_scores(client, run_id: str) -> dict[str, float]:
@@ -94,42 +110,69 @@ def compare_heads(
     parent = client.create_run(
         experiment_id,
         run_name=run_name,
-        tags={tracking.FLOW_RUN_TAG: flow_run_id, "kind": "comparison"},
+        tags={tracking.FLOW_RUN_TAG: flow_run_id, "kind": "comparison", **tracking.owner_tags()},
     )
     parent_id = parent.info.run_id
     logger.info("MLflow: %s, experiment %s, parent run %s", uri, experiment_id, parent_id)
     try:
         tracking.log_params(client, parent_id, config.tracking_params())
-        prepared = preprocess(
-            download(config.source), config.image_size, config.split, config.max_images
-        )
+        phases = PhaseClock()
+        with phases("download"):
+            local_source = download(config.source)
+        with phases("preprocess"):
+            prepared = preprocess(local_source, config.image_size, config.split, config.max_images)
         record_skipped(prepared, parent_id)
+        compute = prepared.seconds  # the tasks' own work, without orchestration or tracking
         trained_runs, test_scores = [], []
         for seed in config.seeds:
             for head in config.heads:
-                trained = train_head(
-                    prepared.cache_dir,
-                    head,
-                    seed,
-                    config,
-                    experiment_id,
-                    parent_id,
-                    prepared.skipped_images,
-                )
+                with phases("train"):
+                    trained = train_head(
+                        prepared.cache_dir,
+                        head,
+                        seed,
+                        config,
+                        experiment_id,
+                        parent_id,
+                        prepared.skipped_images,
+                    )
                 trained_runs.append(trained)
-                if trained.reused:
-                    test_scores.append(reused_test_scores(client, trained.run_id))
-                else:
-                    test_scores.append(evaluate_head(trained, prepared.cache_dir))
+                compute += trained.compute_seconds
+                with phases("evaluate"):
+                    if trained.reused:
+                        scores = reused_test_scores(client, trained.run_id)
+                    else:
+                        scores = evaluate_head(trained, prepared.cache_dir)
+                test_scores.append(scores)
+                compute += scores.get("evaluate_seconds", 0.0)
         output_dir = str(output_dir_for(run_name))
-        summary = compare_runs(
-            trained_runs, experiment_id, parent_id, output_dir, prepared.cache_dir
-        )
-        if config.promote:
-            summary["promotion"] = promote_best(
-                trained_runs, test_scores, summary["best_head"], prepared.cache_dir, parent_id
+        with phases("compare"):
+            summary = compare_runs(
+                trained_runs, experiment_id, parent_id, output_dir, prepared.cache_dir
             )
-        tracking.log_metrics(client, parent_id, {"flow_seconds": time.perf_counter() - started})
+        compute += summary.get("plot_seconds", 0.0)
+        if config.promote:
+            with phases("promote"):
+                summary["promotion"] = promote_best(
+                    trained_runs, test_scores, summary["best_head"], prepared.cache_dir, parent_id
+                )
+        flow_seconds = time.perf_counter() - started
+        timing = {
+            "flow_seconds": flow_seconds,
+            "compute_seconds": compute,
+            "overhead_fraction": max(flow_seconds - compute, 0.0) / flow_seconds,
+            "preprocess_cache_hit": float(prepared.cache_hit),
+            "preprocess_compute_seconds": prepared.seconds,
+            **{f"phase_seconds_{name}": seconds for name, seconds in phases.seconds.items()},
+        }
+        tracking.log_metrics(client, parent_id, timing)
+        logger.info(
+            "Time: %.1f s in all, %.1f s the tasks' own compute, overhead %.1f %%; phases %s",
+            flow_seconds,
+            compute,
+            100 * timing["overhead_fraction"],
+            {name: round(seconds, 1) for name, seconds in phases.seconds.items()},
+        )
     except BaseException:
         tracking.finish_run(client, parent_id, failed=True)
         raise

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -372,6 +373,7 @@ def preprocess(
             cache_dir, manifest, cache_hit=True, seconds=time.perf_counter() - started
         )
 
+    _check_writable(cache_root)  # before minutes of decoding, not after
     ordered = hash_order(list(iter_source(source)))
     arrays, labels, skipped = _decode_selected(
         ordered, image_size, split, max_images, progress, workers
@@ -479,6 +481,19 @@ def _check_enough(source: str, counts: dict[str, Counter], skipped: list[dict]) 
     missing = [CLASS_NAMES[c] for c in range(len(CLASS_NAMES)) if counts["train"][c] == 0]
     if missing:
         raise DataError(f"source {source!r}: the train split has no {missing} images")
+
+
+def _check_writable(cache_root: Path) -> None:
+    """Fail at once, with the fix, when the cache folder cannot be created or written."""
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_root):
+            pass
+    except OSError as error:
+        raise OSError(
+            f"cannot write the preprocessing cache under {cache_root} ({error}); make it "
+            "writable or point COMPARE_HEADS_CACHE_DIR at a writable folder"
+        ) from error
 
 
 def _write_cache_atomically(

@@ -32,6 +32,11 @@
 #   COMPARE_HEADS_WORKER_LIMIT (1)                flow runs the worker runs at once
 #   COMPARE_HEADS_WRITE_PREFECT_TOML (1)          0: leave <repo>/prefect.toml alone (tests)
 #   COMPARE_HEADS_STARTUP_TIMEOUT (180)           seconds to wait for a server to be healthy
+#   COMPARE_HEADS_ZOMBIE_SECONDS (90)             a flow run silent this long is marked Crashed
+#   PREFECT_FLOWS_HEARTBEAT_FREQUENCY (30)        seconds between flow-run heartbeats (>= 30)
+#   COMPARE_HEADS_MLFLOW_AUTH (0)                 1: MLflow server with its basic-auth app;
+#       the admin is MLFLOW_TRACKING_USERNAME (admin) with MLFLOW_TRACKING_PASSWORD (required),
+#       which every MLflow client (worker, flow runs, CLI) also reads from the environment
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,6 +50,9 @@ WORK_POOL="${COMPARE_HEADS_WORK_POOL:-compare-heads-pool}"
 WORKER_LIMIT="${COMPARE_HEADS_WORKER_LIMIT:-1}"
 WRITE_PREFECT_TOML="${COMPARE_HEADS_WRITE_PREFECT_TOML:-1}"
 STARTUP_TIMEOUT="${COMPARE_HEADS_STARTUP_TIMEOUT:-180}"
+ZOMBIE_SECONDS="${COMPARE_HEADS_ZOMBIE_SECONDS:-90}"
+HEARTBEAT_SECONDS="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
+MLFLOW_AUTH="${COMPARE_HEADS_MLFLOW_AUTH:-0}"
 PREFECT_TOML="$ROOT/prefect.toml"
 PREFECT_TOML_MARKER="# written by scripts/services.sh"
 
@@ -165,6 +173,25 @@ warn_bind() {
     fi
 }
 
+# The basic-auth app's settings: its user store beside the tracking database, the admin
+# from the same variables MLflow's clients send. Anonymous users get no permission.
+write_auth_config() {
+    [[ -n "${MLFLOW_TRACKING_PASSWORD:-}" ]] \
+        || fail "COMPARE_HEADS_MLFLOW_AUTH=1 needs MLFLOW_TRACKING_PASSWORD (the admin's password)"
+    export MLFLOW_TRACKING_USERNAME="${MLFLOW_TRACKING_USERNAME:-admin}"
+    (
+        umask 077
+        cat >"$MLFLOW_DIR/basic_auth.ini" <<EOF
+[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///$MLFLOW_DIR/basic_auth.db
+admin_username = $MLFLOW_TRACKING_USERNAME
+admin_password = $MLFLOW_TRACKING_PASSWORD
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+EOF
+    )
+}
+
 start_mlflow() {
     if live_pid mlflow >/dev/null && healthy mlflow; then
         log "mlflow   already up   $MLFLOW_URL (pid $(live_pid mlflow))"
@@ -175,6 +202,13 @@ start_mlflow() {
             "stop it or choose another port with MLFLOW_PORT=..."
     fi
     mkdir -p "$MLFLOW_DIR/artifacts"
+    local auth_args=()
+    if [[ "$MLFLOW_AUTH" == 1 ]]; then
+        write_auth_config
+        auth_args=(--app-name basic-auth)
+        export MLFLOW_AUTH_CONFIG_PATH="$MLFLOW_DIR/basic_auth.ini"
+        log "mlflow   basic auth on: users in $MLFLOW_DIR/basic_auth.db, admin $MLFLOW_TRACKING_USERNAME"
+    fi
     # --serve-artifacts is the default: clients upload artifacts through the server, which
     # stores them under --artifacts-destination. Two workers are plenty on a laptop. The
     # server's job runner (GenAI scorers, prompt optimisation) is unused here and costs
@@ -183,7 +217,7 @@ start_mlflow() {
         start_detached mlflow "$VENV_BIN/mlflow" server \
             --host "$BIND_HOST" --port "$MLFLOW_PORT" --workers 2 \
             --backend-store-uri "sqlite:///$MLFLOW_DIR/mlflow.db" \
-            --artifacts-destination "$MLFLOW_DIR/artifacts"
+            --artifacts-destination "$MLFLOW_DIR/artifacts" "${auth_args[@]}"
     wait_healthy mlflow "$MLFLOW_URL/health"
     log "mlflow   started      $MLFLOW_URL (pid $(live_pid mlflow), log $(log_file mlflow))"
 }
@@ -221,8 +255,11 @@ start_worker() {
     local log offset deadline=$((SECONDS + 60))
     log="$(log_file worker)"
     offset="$(stat -c %s "$log" 2>/dev/null || echo 0)"
-    # Flow runs inherit the worker's environment: they log to the MLflow server over HTTP.
-    MLFLOW_TRACKING_URI="$MLFLOW_URL" start_detached worker "$VENV_BIN/prefect" worker start \
+    # Flow runs inherit the worker's environment: they log to the MLflow server over HTTP
+    # (with MLFLOW_TRACKING_USERNAME/PASSWORD when set) and send heartbeats, so a run whose
+    # process dies is marked Crashed (scripts/zombie_automation.py).
+    MLFLOW_TRACKING_URI="$MLFLOW_URL" PREFECT_FLOWS_HEARTBEAT_FREQUENCY="$HEARTBEAT_SECONDS" \
+        start_detached worker "$VENV_BIN/prefect" worker start \
         --pool "$WORK_POOL" --type process --limit "$WORKER_LIMIT" \
         --name "compare-heads-worker-$PREFECT_PORT"
     # A worker has no health endpoint: wait for this start's "started!" line, or its death.
@@ -315,6 +352,8 @@ cmd_up() {
     start_prefect
     write_prefect_toml
     ensure_work_pool
+    "$VENV_BIN/python" "$ROOT/scripts/zombie_automation.py" --within "$ZOMBIE_SECONDS" >/dev/null \
+        || fail "could not create the zombie flow-run automation on $PREFECT_API"
     start_worker
     log ""
     log "MLflow UI:  $MLFLOW_URL"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,7 @@ def compare_runs(
     logger = run_logger()
     client = tracking.client()
     results = [fetch_result(client, trained) for trained in trained_runs]
+    drawing_started = time.perf_counter()
     rows = summarize(results)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,7 @@ def compare_runs(
     cams = cam_figure(trained_runs, cache_dir)
     if cams is not None:
         figures["cam_grid.png"] = cams
+    plot_seconds = time.perf_counter() - drawing_started
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=110)
         client.log_figure(parent_run_id, figure, f"plots/{name}")
@@ -140,7 +143,13 @@ def compare_runs(
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=markdown, description="Head comparison")
     logger.info("Comparison:\n%s", table_md)
     logger.info("Plots and tables written to %s", out)
-    return {"rows": rows, "best_head": winner, "output_dir": str(out), "markdown": markdown}
+    return {
+        "rows": rows,
+        "best_head": winner,
+        "output_dir": str(out),
+        "markdown": markdown,
+        "plot_seconds": plot_seconds,
+    }
 
 
 def _claims_markdown(results: list[RunResult]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import mlflow
 from prefect import task
 from prefect.cache_policies import NONE
@@ -32,9 +34,11 @@ def evaluate_head(trained: TrainedRun, cache_dir: str) -> dict[str, float]:
     try:
         model = load_logged_model(trained.model_uri)
         images, labels = load_split(cache_dir, "test")
+        started = time.perf_counter()
         metrics = evaluate_model(model, images, labels)
         for pixels, accuracy in translation_accuracy(model, images, labels).items():
             metrics[f"{SHIFT_METRIC_PREFIX}{pixels}"] = accuracy
+        metrics["evaluate_seconds"] = time.perf_counter() - started
         tracking.log_metrics(client, trained.run_id, metrics)
     except BaseException:
         tracking.finish_run(client, trained.run_id, failed=True)

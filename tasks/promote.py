@@ -4,6 +4,10 @@ The best head (mean test accuracy over seeds) contributes its best seed's model 
 version of ``cats-vs-dogs`` with alias ``challenger``. It becomes ``champion`` when there
 is none yet, or when it beats the current champion with both scored on the *same* current
 test split. Version and alias changes are undone together if any step fails.
+
+Flow runs may finish at the same moment (a schedule and a manual run, two workers): the
+read-compare-move of the champion alias runs under a Prefect global concurrency limit of
+one slot, so the champion always ends on the better model, never on whoever wrote last.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from gap_models.data import load_split
 from gap_models.evaluation import evaluate_model
@@ -23,6 +31,24 @@ from tasks.evaluate import load_logged_model
 from tasks.train import TrainedRun
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+PROMOTION_LIMIT = "compare-heads-promotion"
+"""Prefect global concurrency limit (one slot) that serialises champion decisions."""
+PROMOTION_WAIT_SECONDS = 1800
+
+
+def ensure_promotion_limit() -> None:
+    """Create the one-slot limit on the Prefect server if it is not there yet (idempotent,
+    safe when two runs race to create it)."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(PROMOTION_LIMIT)
+            return
+        except ObjectNotFound:
+            pass
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=PROMOTION_LIMIT, limit=1)
+            )
 
 
 @dataclass(frozen=True)
@@ -72,6 +98,19 @@ def promote_best(
     challenger_accuracy, candidate = max(
         ((acc, t) for acc, t in scored if t.head == best_head), key=lambda pair: pair[0]
     )
+    ensure_promotion_limit()
+    logger.info("Waiting for the promotion slot (%s)", PROMOTION_LIMIT)
+    with concurrency(
+        PROMOTION_LIMIT, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS
+    ):
+        promotion = _decide(client, name, candidate, challenger_accuracy, cache_dir)
+    _record(client, parent_run_id, promotion)
+    logger.info("Promotion: %s", promotion)
+    return asdict(promotion)
+
+
+def _decide(client, name: str, candidate: TrainedRun, challenger_accuracy: float, cache_dir: str):
+    """Register the candidate, score the current champion on our test split, move aliases."""
     champion = _current_champion(client, name)
     champion_accuracy = None
     if champion is not None:
@@ -98,9 +137,7 @@ def promote_best(
         head=candidate.head,
         run_id=candidate.run_id,
     )
-    _record(client, parent_run_id, promotion)
-    logger.info("Promotion: %s", promotion)
-    return asdict(promotion)
+    return promotion
 
 
 def _roll_back(client, name: str, version: str, champion) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -67,7 +68,16 @@ def client() -> MlflowClient:
 
 def ensure_experiment(mlflow_client: MlflowClient, name: str = EXPERIMENT_NAME) -> str:
     """The experiment's id, creating it on first use (local stores keep artifacts in mlflow/)."""
-    experiment = mlflow_client.get_experiment_by_name(name)
+    try:
+        experiment = mlflow_client.get_experiment_by_name(name)
+    except mlflow.exceptions.MlflowException as error:
+        if "401" in str(error) or "403" in str(error):
+            raise PermissionError(
+                f"MLflow tracking server at {mlflow_client.tracking_uri} refused the request "
+                "(basic auth): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a "
+                f"user allowed to write ({str(error).splitlines()[0][:200]})"
+            ) from error
+        raise
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
@@ -149,6 +159,27 @@ def adopt_run(mlflow_client: MlflowClient, run, parent_run_id: str) -> None:
 FLOW_RUN_TAG = "prefect.flow_run_id"
 
 
+OWNER_HOST_TAG, OWNER_PID_TAG = "compare_heads.host", "compare_heads.pid"
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process writes a run: lets a later run on this host see that it died."""
+    return {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
+
+
+def owner_is_dead(tags: dict[str, str]) -> bool:
+    """True when the run's writer ran on this host and its process no longer exists."""
+    if tags.get(OWNER_HOST_TAG) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(tags.get(OWNER_PID_TAG, "")), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False
+
+
 def fail_stale_runs(
     mlflow_client: MlflowClient,
     experiment_id: str,
@@ -156,12 +187,17 @@ def fail_stale_runs(
     is_active: Callable[[str], bool],
 ) -> list[str]:
     """Mark FAILED every RUNNING run whose Prefect flow run is over (or is this one being
-    retried: nothing of ours runs yet). Such runs are left by a killed worker or a lost
-    tracking server; returns their ids."""
+    retried: nothing of ours runs yet), or whose writing process on this host is gone (a
+    killed worker's flow run stays Running in Prefect until its heartbeat is missed). Such
+    runs are left by a killed worker or a lost tracking server; returns their ids."""
     reaped = []
     for run in mlflow_client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
-        flow_run_id = run.data.tags.get(FLOW_RUN_TAG)
-        if not flow_run_id or (flow_run_id != current_flow_run_id and is_active(flow_run_id)):
+        tags = run.data.tags
+        flow_run_id = tags.get(FLOW_RUN_TAG)
+        if not flow_run_id:
+            continue
+        over = flow_run_id == current_flow_run_id or owner_is_dead(tags)
+        if not over and is_active(flow_run_id):
             continue
         mlflow_client.set_tag(
             run.info.run_id,

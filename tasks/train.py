@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import keras
@@ -35,6 +36,7 @@ class TrainedRun:
     model_uri: str
     trainable_params: int
     reused: bool = False
+    compute_seconds: float = 0.0  # fit + BatchNorm recalibration, this flow run only
 
 
 def child_params(config: RunConfig, head: str, seed: int, params: int) -> dict[str, object]:
@@ -112,6 +114,7 @@ def train_head(
             "seed": str(seed),
             tracking.RUN_KEY_TAG: key,
             tracking.FLOW_RUN_TAG: str(flow_run.get_id() or ""),
+            **tracking.owner_tags(),
         },
     )
     run_id = run.info.run_id
@@ -177,9 +180,11 @@ def train_head(
         )
         # Precise BN: the logged model and its test scores use BatchNorm statistics averaged
         # over training batches, not the moving averages that lag after few steps.
+        calibration_started = time.perf_counter()
         calibration = recalibrate_batch_norm(
             model, make_dataset(train_images, train_labels, config.batch_size)
         )
+        compute_seconds = result.train_seconds + time.perf_counter() - calibration_started
         tracking.log_metrics(
             client,
             run_id,
@@ -208,4 +213,4 @@ def train_head(
         result.images_per_second,
         info.model_uri,
     )
-    return TrainedRun(head, seed, run_id, info.model_uri, params)
+    return TrainedRun(head, seed, run_id, info.model_uri, params, compute_seconds=compute_seconds)

@@ -9,9 +9,12 @@ import re
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -147,3 +150,114 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
         else:
             files.append(item.path)
     return files
+
+
+@contextlib.contextmanager
+def start_services(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[Services]:
+    """Start MLflow, Prefect and a worker with scripts/services.sh on free loopback ports and
+    a temporary home, apply the deployments; stop everything afterwards."""
+    if not (VENV_BIN / "prefect").exists() or not (VENV_BIN / "mlflow").exists():
+        pytest.skip(f"{VENV_BIN} lacks prefect/mlflow: run `make venv`")
+    mlflow_port = free_port()
+    prefect_port = free_port()
+    while prefect_port == mlflow_port:
+        prefect_port = free_port()
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    prefect_url = f"http://127.0.0.1:{prefect_port}"
+    env = client_environment(
+        {
+            "MLFLOW_PORT": str(mlflow_port),
+            "PREFECT_PORT": str(prefect_port),
+            "COMPARE_HEADS_SERVICES_DIR": str(home / "services"),
+            "COMPARE_HEADS_MLFLOW_DIR": str(home / "mlflow"),
+            "COMPARE_HEADS_WRITE_PREFECT_TOML": "0",
+            # Inherited by the worker, hence by every flow run.
+            "COMPARE_HEADS_CACHE_DIR": str(home / "cache"),
+            "COMPARE_HEADS_OUTPUT_DIR": str(home / "outputs"),
+            # For the clients the tests run (prefect CLI, compare-heads, MlflowClient).
+            "PREFECT_HOME": str(home / "services" / "prefect"),
+            "PREFECT_API_URL": f"{prefect_url}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_TRACKING_URI": mlflow_url,
+            **(extra_env or {}),
+        }
+    )
+    running = Services(mlflow_url, prefect_url, f"{prefect_url}/api", home, env)
+    try:
+        for step, timeout in (("up", STARTUP_SECONDS), ("deploy", 180)):
+            completed = running.run(SERVICES_SCRIPT, step, timeout=timeout)
+            if completed.returncode != 0:
+                pytest.fail(
+                    f"scripts/services.sh {step} failed ({completed.returncode}):\n"
+                    f"{completed.stdout}\n{completed.stderr}\n{running.logs()}",
+                    pytrace=False,
+                )
+        yield running
+    finally:
+        try:
+            running.run(SERVICES_SCRIPT, "down", timeout=120)
+        finally:
+            kill_leftovers(home / "services")
+
+
+def service_pid(services: Services, name: str) -> int:
+    """The pid (and process group) scripts/services.sh recorded for a service."""
+    return int((services.home / "services" / f"{name}.pid").read_text().strip())
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (flow runs run in sessions of their own)."""
+    found = [pid]
+    children = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    for child in children:
+        found.extend(process_tree(int(child)))
+    return found
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL a process and every descendant at once, as a lost machine would."""
+    pids = process_tree(pid)
+    for victim in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+    return pids
+
+
+def start_deployment(services: Services, name: str, params: dict) -> str:
+    """Create a flow run of a deployment without watching it; return its id."""
+    completed = services.prefect("deployment", "run", name, "--params", json.dumps(params))
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    match = re.search(r"UUID: ([0-9a-f-]{36})", completed.stdout + completed.stderr)
+    assert match, completed.stdout
+    return match.group(1)
+
+
+def flow_run_state(services: Services, flow_run_id: str) -> dict:
+    """The flow run's current state as the Prefect API reports it (type, name, message)."""
+    import httpx
+
+    response = httpx.get(f"{services.prefect_api_url}/flow_runs/{flow_run_id}", timeout=10)
+    response.raise_for_status()
+    return response.json()["state"] or {}
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 1.0):
+    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def wait_for_final_state(services: Services, flow_run_id: str, timeout: float = FLOW_RUN_SECONDS):
+    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+    return wait_for(
+        lambda: (state := flow_run_state(services, flow_run_id)).get("type") in final and state,
+        timeout,
+        f"flow run {flow_run_id} to end",
+    )

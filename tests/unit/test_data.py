@@ -200,3 +200,47 @@ def test_network_probe_refused_port_is_immediate():
     with pytest.raises(ConnectionError, match="kagglecatsanddogs"):
         data.check_network(("127.0.0.1", 9), timeout=5)
     assert time.perf_counter() - started < 5
+
+
+def test_read_only_cache_folder_fails_before_decoding_and_leaves_nothing(tmp_path):
+    """A real permission failure: the cache folder is read-only and the process is not
+    root (as root, the check runs in a child process switched to the user nobody)."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="compare-heads-ro-"))
+    try:
+        shared.chmod(0o755)
+        source = make_pet_images(shared / "photos", per_class=20, size=32)
+        cache = shared / "cache"
+        cache.mkdir()
+        cache.chmod(
+            stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+        )
+        for path in (shared / "photos").rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        script = (
+            "import sys\n"
+            "from gap_models.data import preprocess\n"
+            "try:\n"
+            f"    preprocess({str(source)!r}, 32, [80, 10, 10], None, cache_root={str(cache)!r})\n"
+            "except OSError as error:\n"
+            "    print(error); sys.exit(3)\n"
+        )
+        command = [sys.executable, "-c", script]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        repo = Path(__file__).resolve().parents[2]
+        completed = subprocess.run(
+            command, cwd=repo, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(repo), "HOME": str(shared)},
+        )  # fmt: skip
+        assert completed.returncode == 3, completed.stdout + completed.stderr
+        assert "cannot write the preprocessing cache under" in completed.stdout
+        assert "COMPARE_HEADS_CACHE_DIR" in completed.stdout
+        assert list(cache.iterdir()) == []
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

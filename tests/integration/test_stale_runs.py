@@ -1,0 +1,49 @@
+"""Runs left RUNNING by a process that died are closed by the next flow run, and only those."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from mlflow import MlflowClient
+
+from tasks import tracking
+
+
+def _dead_pid() -> int:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    return int(finished.stdout)
+
+
+def test_reaper_closes_runs_of_dead_writers_even_while_prefect_says_running(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    experiment = tracking.ensure_experiment(client)
+    host = socket.gethostname()
+
+    def run(name: str, pid: int, run_host: str = host) -> str:
+        tags = {
+            tracking.FLOW_RUN_TAG: "flow-run-still-running-in-prefect",
+            tracking.OWNER_HOST_TAG: run_host,
+            tracking.OWNER_PID_TAG: str(pid),
+        }
+        return client.create_run(experiment, run_name=name, tags=tags).info.run_id
+
+    dead = run("dead-writer", _dead_pid())
+    alive = run("live-writer", os.getpid())
+    elsewhere = run("other-host", _dead_pid(), run_host=f"not-{host}")
+
+    reaped = tracking.fail_stale_runs(client, experiment, "current", is_active=lambda _: True)
+
+    assert reaped == [dead]
+    assert client.get_run(dead).info.status == "FAILED"
+    assert "ended without closing" in client.get_run(dead).data.tags["compare_heads.failure"]
+    # A live writer, or one on another machine whose flow run Prefect still calls active,
+    # is left alone: only a heartbeat-driven Crashed state (or the end) closes it.
+    assert client.get_run(alive).info.status == "RUNNING"
+    assert client.get_run(elsewhere).info.status == "RUNNING"
+    # Once Prefect reports their flow run over, they are closed too.
+    later = tracking.fail_stale_runs(client, experiment, "current", is_active=lambda _: False)
+    assert set(later) == {alive, elsewhere}
