@@ -207,6 +207,14 @@ start_mlflow() {
         write_auth_config
         auth_args=(--app-name basic-auth)
         export MLFLOW_AUTH_CONFIG_PATH="$MLFLOW_DIR/basic_auth.ini"
+        # The auth app's CSRF protection needs a stable secret: generated once, kept private.
+        if [[ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]]; then
+            [[ -s "$MLFLOW_DIR/flask_secret_key" ]] \
+                || (umask 077 && "$VENV_BIN/python" -c 'import secrets; print(secrets.token_hex(32))' \
+                    >"$MLFLOW_DIR/flask_secret_key")
+            MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$MLFLOW_DIR/flask_secret_key")"
+            export MLFLOW_FLASK_SERVER_SECRET_KEY
+        fi
         log "mlflow   basic auth on: users in $MLFLOW_DIR/basic_auth.db, admin $MLFLOW_TRACKING_USERNAME"
     fi
     # --serve-artifacts is the default: clients upload artifacts through the server, which
