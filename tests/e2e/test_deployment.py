@@ -190,3 +190,34 @@ def test_weaker_challenger_keeps_the_champion(services: Services, completed_firs
     assert champion_after.version == champion_before.version
     challenger = client.get_model_version_by_alias(REGISTERED_MODEL, "challenger")
     assert challenger.version != champion_before.version
+
+
+BAD_PARAMETERS = [
+    ({"heads": ["gap", "mlp"]}, "heads", "allowed are ['fc', 'fc_dropout', 'gap', 'avgpool']"),
+    ({"epochs": 0}, "epochs", "greater than or equal to 1"),
+    ({"split": [50, 50, 0]}, "split", "three positive percentages"),
+    ({"source": "s3://bucket/pets.zip"}, "source", "unknown scheme 's3'"),
+    ({"image_size": 16}, "image_size", "the smallest each can process"),
+]
+
+
+def test_bad_parameters_fail_the_deployment_run_before_any_work(services: Services, pet_images):
+    """Through the deployment, as a user would: each flow run fails at once, its state
+    message names the parameter and what is allowed, and nothing reaches MLflow."""
+    from tests.e2e.harness import flow_run_state, start_deployment, wait_for_final_state
+
+    started = [
+        (start_deployment(services, ON_DEMAND, {"source": str(pet_images), **bad}), name, hint)
+        for bad, name, hint in BAD_PARAMETERS
+    ]
+    client = mlflow_client(services)
+    experiment = client.get_experiment_by_name("compare-heads")
+    for flow_run_id, name, hint in started:
+        state = wait_for_final_state(services, flow_run_id, timeout=300)
+        assert state["type"] == "FAILED", (name, state)
+        message = flow_run_state(services, flow_run_id).get("message") or ""
+        assert name in message and hint in message, (name, message)
+        if experiment is not None:
+            assert not client.search_runs(
+                [experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+            ), f"{name}: an MLflow run was created before the parameters were checked"
