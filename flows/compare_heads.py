@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,16 +163,20 @@ def compare_heads(
             "compute_seconds": compute,
             "overhead_fraction": max(flow_seconds - compute, 0.0) / flow_seconds,
             "preprocess_cache_hit": float(prepared.cache_hit),
+            # Peak resident memory of this flow run's process (Linux reports KiB).
+            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "preprocess_compute_seconds": prepared.seconds,
             **{f"phase_seconds_{name}": seconds for name, seconds in phases.seconds.items()},
         }
         tracking.log_metrics(client, parent_id, timing)
         logger.info(
-            "Time: %.1f s in all, %.1f s the tasks' own compute, overhead %.1f %%; phases %s",
+            "Time: %.1f s in all, %.1f s the tasks' own compute, overhead %.1f %%; phases %s; "
+            "peak memory %.0f MB",
             flow_seconds,
             compute,
             100 * timing["overhead_fraction"],
             {name: round(seconds, 1) for name, seconds in phases.seconds.items()},
+            timing["peak_memory_mb"],
         )
     except BaseException:
         tracking.finish_run(client, parent_id, failed=True)

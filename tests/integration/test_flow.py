@@ -70,6 +70,22 @@ def test_parent_run_has_params_counts_and_plots(flow_result):
     assert {"summary.csv", "summary.md", "report.md"} <= top
 
 
+def test_parent_run_has_the_time_breakdown(flow_result):
+    summary, client, _ = flow_result
+    metrics = client.get_run(summary["parent_run_id"]).data.metrics
+    phases = {name: metrics[f"phase_seconds_{name}"] for name in
+              ("download", "preprocess", "train", "evaluate", "compare", "promote")}  # fmt: skip
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert phases["train"] > 0 and phases["evaluate"] > 0
+    # The phases are parts of the flow, and the tasks' own compute is part of the phases.
+    assert sum(phases.values()) <= metrics["flow_seconds"]
+    assert 0 < metrics["compute_seconds"] < sum(phases.values())
+    overhead = (metrics["flow_seconds"] - metrics["compute_seconds"]) / metrics["flow_seconds"]
+    assert metrics["overhead_fraction"] == pytest.approx(overhead)
+    assert metrics["preprocess_cache_hit"] == 0.0  # the first run decoded the photos
+    assert 200 < metrics["peak_memory_mb"] < 24 * 1024
+
+
 def test_one_child_per_head_with_spec_params_and_metrics(flow_result):
     summary, client, _ = flow_result
     runs = children(client, summary)
