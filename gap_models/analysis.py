@@ -111,7 +111,7 @@ def class_activation_maps(model: keras.Model, images: np.ndarray) -> np.ndarray:
     if "global_average_pool" not in [layer.name for layer in model.layers]:
         raise ValueError(f"class activation maps need the 'gap' head, not {model.name!r}")
     features = keras.Model(model.inputs, model.get_layer("head_pool3").output)
-    maps = np.asarray(features.predict(images, verbose=0))  # (n, h', w', k)
+    maps = np.asarray(features.predict(images, verbose=0), dtype=np.float32)  # (n, h', w', k)
     weights, _bias = model.get_layer("output").get_weights()
     cams = np.tensordot(maps, weights[:, 0], axes=([3], [0]))
     zoom = (1, images.shape[1] / cams.shape[1], images.shape[2] / cams.shape[2])
