@@ -57,13 +57,16 @@ def matmul_peak(dtype: tf.DType, size: int = 2048, repeats: int = 20) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def training_rate(head: str, precision: str, batch_norm: str, steps: int) -> float:
-    """Images per second of ``train_on_batch`` on random uint8 batches of 64."""
+def training_rate(
+    head: str, precision: str, batch_norm: str, steps: int, image_size: int = 100
+) -> float:
+    """Images per second of training steps on random uint8 batches of 64."""
     keras.utils.set_random_seed(0)
     model = compile_model(
-        build_model(head, 100, 0, precision=precision, batch_norm=batch_norm), 1e-3
+        build_model(head, image_size, 0, precision=precision, batch_norm=batch_norm), 1e-3
     )
-    images = np.random.default_rng(0).integers(0, 256, (64, 100, 100, 3), dtype=np.uint8)
+    shape = (64, image_size, image_size, 3)
+    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     labels = np.random.default_rng(1).integers(0, 2, 64).astype(np.float32)
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat(steps)
     model.fit(dataset.take(3), verbose=0)  # compile the step
@@ -76,6 +79,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", nargs="+", default=["fc", "fc_dropout", "gap"])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--image-sizes", nargs="*", type=int, default=[64, 100, 150],
+        help="also measure how the default setting's cost grows with the image side",
+    )  # fmt: skip
     args = parser.parse_args()
     peak32, peak16 = matmul_peak(tf.float32), matmul_peak(tf.bfloat16)
     print(
@@ -100,6 +107,18 @@ def main() -> None:
                 f"{achieved / peak:9.0%}",
                 flush=True,
             )
+    if args.image_sizes:
+        print("\nscaling with image size (mixed_bfloat16/fused):")
+        print(f"{'head':<10} {'size':>5} {'train MFLOP':>11} {'images/s':>8} {'GFLOP/s':>7}")
+        for head in args.heads:
+            for size in args.image_sizes:
+                train = training_flops(build_model(head, size))
+                rate = training_rate(head, "mixed_bfloat16", "fused", args.steps, size)
+                print(
+                    f"{head:<10} {size:5d} {train / 1e6:11.1f} {rate:8.0f} "
+                    f"{rate * train / 1e9:7.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
