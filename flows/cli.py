@@ -90,6 +90,24 @@ def run(
 
 
 @app.command()
+def cams(
+    model_uri: Annotated[str, typer.Argument(help="MLflow URI of a gap model")],
+    source: Annotated[str, typer.Option(help="The photos the model's run used")],
+    out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("cam_grid.png"),
+    image_size: int = 100,
+    split: Annotated[str, typer.Option(help="train,validation,test percentages")] = "80,10,10",
+    per_class: Annotated[int, typer.Option(help="Test photos per class")] = 4,
+) -> None:
+    """Draw a gap model's class activation maps on the first test photos of each class."""
+    from gap_models.data import preprocess
+    from tasks.compare import cam_figure
+
+    prepared = preprocess(source, image_size, [int(part) for part in split.split(",")], None)
+    cam_figure(model_uri, str(prepared.cache_dir), per_class).savefig(out, dpi=110)
+    typer.echo(f"{out} ({per_class} cats and {per_class} dogs of the test split)")
+
+
+@app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files to classify")],
     model_uri: Annotated[str, typer.Option(help="MLflow model URI")] = DEFAULT_MODEL_URI,

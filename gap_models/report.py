@@ -248,9 +248,10 @@ def plot_cam_grid(
 ) -> Figure:
     """Per photo: the photo, where the evidence for "dog" lies, where it lies for "cat".
 
-    ``cams`` are dog-evidence maps (positive = dog); the cat map is the negated map. Each
-    is clipped at zero and scaled to its own maximum (as CAMs are drawn), so it shows
-    where that class's evidence lies, not how much there is; overlaid at 50% on the photo.
+    ``cams`` are dog-evidence maps (positive = dog); the cat map is the negated map. Both
+    maps of a photo are clipped at zero and share one colour scale, the photo's largest
+    evidence of either sign: strong evidence shows strongly, and the weak evidence for the
+    losing class stays faint instead of being stretched to full colour. Overlaid at 50%.
     """
     count = len(images)
     figure = Figure(figsize=(6.6, 2.2 * count), layout="constrained")
@@ -259,12 +260,12 @@ def plot_cam_grid(
         truth = "dog" if labels[row] else "cat"
         grid[row, 0].imshow(images[row])
         grid[row, 0].set_title(f"{truth}: P(dog)={probabilities[row]:.2f}", fontsize=9)
+        scale = float(np.abs(cams[row]).max()) or 1.0
         for column, (sign, name, colours) in enumerate(
             ((1, "dog", "Reds"), (-1, "cat", "Blues")), 1
         ):
             grid[row, column].imshow(images[row])
             evidence = np.clip(sign * cams[row], 0, None)
-            scale = float(evidence.max()) or 1.0
             grid[row, column].imshow(evidence, cmap=colours, alpha=0.5, vmin=0, vmax=scale)
             grid[row, column].set_title(f"evidence for {name}", fontsize=9)
     for axes in grid.flat:

@@ -63,14 +63,21 @@ def _history(client, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def cam_figure(trained_runs: list[TrainedRun], cache_dir: str, per_class: int = 4):
-    """Class activation maps of the first ``gap`` model on the first test photos per class."""
-    gap_run = next((t for t in trained_runs if t.head == "gap"), None)
-    if gap_run is None:
-        return None
+def best_gap_model_uri(trained_runs: list[TrainedRun], results: list[RunResult]) -> str | None:
+    """The logged model of the ``gap`` run with the best test accuracy (None without gap)."""
+    scored = [
+        (result.test_metrics["test_accuracy"], trained.model_uri)
+        for trained, result in zip(trained_runs, results, strict=True)
+        if trained.head == "gap"
+    ]
+    return max(scored)[1] if scored else None
+
+
+def cam_figure(model_uri: str, cache_dir: str, per_class: int = 4):
+    """Class activation maps of a ``gap`` model on the first test photos of each class."""
     images, labels = load_split(cache_dir, "test")
     chosen = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in (0, 1)])
-    model = load_logged_model(gap_run.model_uri)
+    model = load_logged_model(model_uri)
     probabilities = model.predict(images[chosen], verbose=0).reshape(-1)
     cams = class_activation_maps(model, images[chosen])
     return plot_cam_grid(images[chosen], cams, labels[chosen], probabilities)
@@ -110,9 +117,9 @@ def compare_runs(
         "generalization_gap.png": plot_generalization_gap(results),
         "translation_robustness.png": plot_translation(results),
     }
-    cams = cam_figure(trained_runs, cache_dir)
-    if cams is not None:
-        figures["cam_grid.png"] = cams
+    gap_model = best_gap_model_uri(trained_runs, results)
+    if gap_model is not None:
+        figures["cam_grid.png"] = cam_figure(gap_model, cache_dir)
     plot_seconds = time.perf_counter() - drawing_started
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=110)
