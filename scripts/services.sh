@@ -32,7 +32,8 @@
 #   COMPARE_HEADS_WORKER_LIMIT (1)                flow runs the worker runs at once
 #   COMPARE_HEADS_WRITE_PREFECT_TOML (1)          0: leave <repo>/prefect.toml alone (tests)
 #   COMPARE_HEADS_STARTUP_TIMEOUT (180)           seconds to wait for a server to be healthy
-#   COMPARE_HEADS_ZOMBIE_SECONDS (90)             a flow run silent this long is marked Crashed
+#   COMPARE_HEADS_ZOMBIE_SECONDS (240)            a flow run silent this long is marked Crashed
+#       (it must exceed every heartbeat interval on the server: Prefect's default is 180 s)
 #   PREFECT_FLOWS_HEARTBEAT_FREQUENCY (30)        seconds between flow-run heartbeats (>= 30)
 #   COMPARE_HEADS_MLFLOW_AUTH (0)                 1: MLflow server with its basic-auth app;
 #       the admin is MLFLOW_TRACKING_USERNAME (admin) with MLFLOW_TRACKING_PASSWORD (required),
@@ -50,7 +51,7 @@ WORK_POOL="${COMPARE_HEADS_WORK_POOL:-compare-heads-pool}"
 WORKER_LIMIT="${COMPARE_HEADS_WORKER_LIMIT:-1}"
 WRITE_PREFECT_TOML="${COMPARE_HEADS_WRITE_PREFECT_TOML:-1}"
 STARTUP_TIMEOUT="${COMPARE_HEADS_STARTUP_TIMEOUT:-180}"
-ZOMBIE_SECONDS="${COMPARE_HEADS_ZOMBIE_SECONDS:-90}"
+ZOMBIE_SECONDS="${COMPARE_HEADS_ZOMBIE_SECONDS:-240}"
 HEARTBEAT_SECONDS="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
 MLFLOW_AUTH="${COMPARE_HEADS_MLFLOW_AUTH:-0}"
 PREFECT_TOML="$ROOT/prefect.toml"

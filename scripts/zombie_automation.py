@@ -2,13 +2,17 @@
 
 A flow run whose process dies at once (worker killed, machine lost) cannot report its end:
 Prefect would show it Running for ever. Flow runs started by the worker send a heartbeat
-every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (services.sh sets 30); this automation,
+every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (prefect.yaml sets 30); this automation,
 as Prefect documents for self-hosted servers, marks a run Crashed when no heartbeat or final
 state follows the last heartbeat within ``--within`` seconds. compare-heads then closes that
 run's MLflow runs as FAILED at the next flow run. Idempotent: an existing automation of the
-same name is left as it is.
+same name and window is left as it is; one with another window is replaced.
 
-    .venv/bin/python scripts/zombie_automation.py [--within 90]
+The automation watches every flow run on the server that sends heartbeats, so the window
+must exceed the slowest heartbeat: Prefect's default frequency is 180 s, hence the default
+window of 240 s (our deployments send one every 30 s).
+
+    .venv/bin/python scripts/zombie_automation.py [--within 240]
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ NAME = "compare-heads: crash zombie flow runs"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--within", type=int, default=90, help="seconds without a heartbeat")
+    parser.add_argument("--within", type=int, default=240, help="seconds without a heartbeat")
     args = parser.parse_args()
     try:
-        Automation.read(name=NAME)
-        print(f"automation {NAME!r} exists")
-        return
+        existing = Automation.read(name=NAME)
     except ValueError:
-        pass  # not found
+        existing = None  # not found
+    if existing is not None:
+        if existing.trigger.within == timedelta(seconds=args.within):
+            print(f"automation {NAME!r} exists")
+            return
+        existing.delete()
     Automation(
         name=NAME,
         trigger=EventTrigger(
