@@ -62,7 +62,38 @@ class TrainingResult:
 RECIPES: tuple[str, ...] = ("faithful", "improved")
 """``faithful``: the article's training, unchanged. ``improved``: data augmentation, learning
 rate halved when validation loss stalls, early stopping on validation loss (best weights
-kept), so each head shows how far it goes when trained well."""
+kept), with BatchNorm statistics recomputed before every validation pass (so the schedule
+and the stopping react to the model, not to Keras' lagging moving averages), so each head
+shows how far it goes when trained well."""
+
+
+class PreciseBatchNormValidation(keras.callbacks.Callback):
+    """Before each validation pass inside ``fit``, recompute BatchNorm's statistics over
+    ``batches`` training batches (see ``recalibrate_batch_norm``).
+
+    Keras' moving averages lag the weights; validation loss measured with them swings by
+    points from epoch to epoch (measured: ``gap``'s best validation accuracy 74.5 % against
+    79.6 % test accuracy with precise statistics). Learning-rate schedules and early stopping
+    that watch it then act on noise: the first improved-recipe runs stopped ``gap`` after
+    8-9 epochs at 77.1 %, below the faithful recipe. Training itself is unchanged: in
+    training mode BatchNorm normalises with batch statistics.
+    """
+
+    def __init__(self, dataset, batches: int = 50) -> None:
+        super().__init__()
+        self._dataset = dataset
+        self._batches = batches
+        self._fitting = False
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._fitting = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._fitting = False
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if self._fitting:
+            recalibrate_batch_norm(self.model, self._dataset, self._batches)
 
 
 def augmenter(seed: int) -> keras.Sequential:
@@ -78,13 +109,18 @@ def augmenter(seed: int) -> keras.Sequential:
     )
 
 
-def recipe_callbacks(recipe: str) -> list[keras.callbacks.Callback]:
-    """The callbacks a recipe adds to ``fit`` (none for the faithful one)."""
+def recipe_callbacks(recipe: str, calibration_data=None) -> list[keras.callbacks.Callback]:
+    """The callbacks a recipe adds to ``fit`` (none for the faithful one).
+
+    ``calibration_data`` (unaugmented training batches) lets the improved recipe validate
+    with recalibrated BatchNorm statistics."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; allowed are {list(RECIPES)}")
     if recipe == "faithful":
         return []
+    precise = [] if calibration_data is None else [PreciseBatchNormValidation(calibration_data)]
     return [
+        *precise,
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_lr=1e-5),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True),
     ]
@@ -98,6 +134,7 @@ def train_model(
     train_images: int,
     on_epoch: EpochLogger | None = None,
     recipe: str = "faithful",
+    calibration_data=None,
 ) -> TrainingResult:
     """Fit ``model`` (compiled) for up to ``epochs``; return its history and timings."""
     reporter = EpochReporter(on_epoch or (lambda epoch, metrics: None), train_images)
@@ -106,7 +143,7 @@ def train_model(
         train_data,
         validation_data=validation_data,
         epochs=epochs,
-        callbacks=[*recipe_callbacks(recipe), reporter],
+        callbacks=[*recipe_callbacks(recipe, calibration_data), reporter],
         shuffle=False,  # the tf.data pipeline shuffles (buffer 1000); Keras would only warn
         verbose=0,
     )

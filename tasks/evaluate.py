@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import keras
 import mlflow
 from prefect import task
 from prefect.cache_policies import NONE
@@ -32,6 +33,7 @@ def evaluate_head(trained: TrainedRun, cache_dir: str) -> dict[str, float]:
     logger = run_logger()
     client = tracking.client()
     try:
+        keras.backend.clear_session(free_memory=True)  # earlier models' graphs
         model = load_logged_model(trained.model_uri)
         images, labels = load_split(cache_dir, "test")
         started = time.perf_counter()

@@ -119,6 +119,8 @@ def train_head(
     )
     run_id = run.info.run_id
     try:
+        # Drop the graphs and models of earlier heads in this process (peak memory).
+        keras.backend.clear_session(free_memory=True)
         keras.utils.set_random_seed(seed)
         train_images, train_labels = load_split(cache_dir, "train")
         val_images, val_labels = load_split(cache_dir, "validation")
@@ -181,6 +183,7 @@ def train_head(
             train_images=len(train_labels),
             on_epoch=on_epoch,
             recipe=config.recipe,
+            calibration_data=make_dataset(train_images, train_labels, config.batch_size),
         )
         # Precise BN: the logged model and its test scores use BatchNorm statistics averaged
         # over training batches, not the moving averages that lag after few steps.

@@ -89,6 +89,8 @@ def test_improved_recipe_augments_and_stops_early():
     assert recipe_callbacks("faithful") == []
     names = {type(c).__name__ for c in recipe_callbacks("improved")}
     assert names == {"ReduceLROnPlateau", "EarlyStopping"}
+    names = {type(c).__name__ for c in recipe_callbacks("improved", calibration_data=[])}
+    assert names == {"PreciseBatchNormValidation", "ReduceLROnPlateau", "EarlyStopping"}
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe_callbacks("fast")
     images, labels = _tiny_set(32)
@@ -113,3 +115,34 @@ def test_precise_batch_norm_replaces_lagging_moving_statistics():
     np.testing.assert_allclose(
         layer.moving_mean.numpy(), np.mean(batch_means, axis=0), rtol=1e-4, atol=1e-5
     )
+
+
+def test_improved_recipe_validates_with_recalibrated_batch_norm():
+    """Inside fit, validation sees BatchNorm statistics recomputed from training batches;
+    without the callback they are still near their start after two steps."""
+    from gap_models.training import PreciseBatchNormValidation
+
+    images, labels = _tiny_set(64)
+
+    def fitted(callbacks):
+        model = compile_model(build_model("gap", image_size=40, seed=0), learning_rate=0.01)
+        model.fit(
+            make_dataset(images[:32], labels[:32], 16, shuffle_seed=0),
+            validation_data=make_dataset(images[32:], labels[32:], 16),
+            epochs=1,
+            callbacks=callbacks,
+            verbose=0,
+        )
+        return model
+
+    calibration = make_dataset(images[:32], labels[:32], 16)
+    plain = fitted([])
+    precise = fitted([PreciseBatchNormValidation(calibration, batches=2)])
+    lagging = np.abs(plain.get_layer("head_bn1").moving_mean.numpy()).mean()
+    recalibrated = np.abs(precise.get_layer("head_bn1").moving_mean.numpy()).mean()
+    assert recalibrated > 10 * lagging
+    # Outside fit (a plain evaluate) the callback leaves the statistics alone.
+    before = precise.get_layer("head_bn1").moving_mean.numpy().copy()
+    precise.evaluate(make_dataset(images, labels, 16), verbose=0,
+                     callbacks=[PreciseBatchNormValidation(make_dataset(images, labels, 16))])  # fmt: skip
+    np.testing.assert_array_equal(precise.get_layer("head_bn1").moving_mean.numpy(), before)
