@@ -21,19 +21,25 @@ def _by_seed(results: list[RunResult], head: str, measure) -> dict[int, float]:
     return {r.seed: float(measure(r)) for r in results if r.head == head}
 
 
+def _g(value: float, sign: bool = False) -> str:
+    """4 significant digits; float noise around zero (e.g. -5.6e-17) prints as 0."""
+    value = 0.0 if abs(value) < 1e-9 else value
+    return f"{value:+.4g}" if sign else f"{value:.4g}"
+
+
 def _compare(results, head_a, head_b, measure, higher_is_claimed: bool) -> tuple[str, str]:
     """Verdict and evidence that ``head_a`` is higher (or lower) than ``head_b`` in ``measure``."""
     a, b = _by_seed(results, head_a, measure), _by_seed(results, head_b, measure)
     (comparison,) = paired_comparisons({head_a: a, head_b: b})
     direction = comparison.mean_difference if higher_is_claimed else -comparison.mean_difference
     evidence = (
-        f"{head_a} {np.mean(list(a.values())):.4g} vs {head_b} {np.mean(list(b.values())):.4g}; "
-        f"difference {comparison.mean_difference:+.4g}"
+        f"{head_a} {_g(np.mean(list(a.values())))} vs {head_b} {_g(np.mean(list(b.values())))}; "
+        f"difference {_g(comparison.mean_difference, sign=True)}"
     )
     if comparison.seeds < 2:
         return INCONCLUSIVE, evidence + " (one seed: no test possible)"
     evidence += (
-        f", 95% CI [{comparison.low:+.4g}, {comparison.high:+.4g}], paired t-test over "
+        f", 95% CI [{_g(comparison.low, True)}, {_g(comparison.high, True)}], paired t-test over "
         f"{comparison.seeds} seeds p = {comparison.p_value:.3g}"
     )
     if comparison.significant:
