@@ -12,11 +12,8 @@ import resource
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from gap_models.config import DEFAULT_SOURCE, RunConfig
@@ -27,15 +24,7 @@ from tasks.evaluate import evaluate_head
 from tasks.promote import promote_best
 from tasks.train import train_head
 
-
-def flow_run_is_active(flow_run_id: str) -> bool:
-    """Whether Prefect knows this flow run and it has not reached a final state."""
-    try:
-        with get_client(sync_client=True) as prefect_client:
-            state = prefect_client.read_flow_run(UUID(flow_run_id)).state
-    except (ObjectNotFound, ValueError):
-        return False
-    return state is not None and not state.is_final()
+flow_run_is_active = tracking.flow_run_is_active
 
 
 class PhaseClock:

@@ -132,9 +132,19 @@ def run_key(cache_dir: str, head: str, seed: int, training: dict[str, object]) -
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def find_resumable(mlflow_client: MlflowClient, experiment_id: str, key: str):
+def find_resumable(
+    mlflow_client: MlflowClient,
+    experiment_id: str,
+    key: str,
+    is_active: Callable[[str], bool] = lambda flow_run_id: False,
+    current_flow_run_id: str = "",
+):
     """A finished, evaluated child run with this key whose parent flow run did not finish
-    (it crashed, was killed or failed later): its results can be reused, not retrained."""
+    (it crashed, was killed or failed later): its results can be reused, not retrained.
+
+    A parent still RUNNING belongs to a flow run that may be alive (two runs of the same
+    settings at once): its children are only taken when Prefect says that flow run is over,
+    or its process on this host is gone."""
     runs = mlflow_client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
@@ -144,9 +154,35 @@ def find_resumable(mlflow_client: MlflowClient, experiment_id: str, key: str):
         parent_id = run.data.tags.get("mlflow.parentRunId")
         if "test_accuracy" not in run.data.metrics or parent_id is None:
             continue
-        if mlflow_client.get_run(parent_id).info.status != "FINISHED":
+        parent = mlflow_client.get_run(parent_id)
+        if parent.info.status == "FINISHED":
+            continue
+        owner = parent.data.tags.get(FLOW_RUN_TAG, "")
+        alive = (
+            parent.info.status == "RUNNING"
+            and owner
+            and owner != current_flow_run_id
+            and not owner_is_dead(parent.data.tags)
+            and is_active(owner)
+        )
+        if not alive:
             return run
     return None
+
+
+def flow_run_is_active(flow_run_id: str) -> bool:
+    """Whether Prefect knows this flow run and it has not reached a final state."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as prefect_client:
+            state = prefect_client.read_flow_run(UUID(flow_run_id)).state
+    except (ObjectNotFound, ValueError):
+        return False
+    return state is not None and not state.is_final()
 
 
 def adopt_run(mlflow_client: MlflowClient, run, parent_run_id: str) -> None:

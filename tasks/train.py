@@ -88,7 +88,13 @@ def train_head(
     logger = run_logger()
     client = tracking.client()
     key = tracking.run_key(cache_dir, head, seed, _training_settings(config))
-    previous = tracking.find_resumable(client, experiment_id, key)
+    previous = tracking.find_resumable(
+        client,
+        experiment_id,
+        key,
+        is_active=tracking.flow_run_is_active,
+        current_flow_run_id=str(flow_run.get_id() or ""),
+    )
     if previous is not None:
         tracking.adopt_run(client, previous, parent_run_id)
         logger.info(

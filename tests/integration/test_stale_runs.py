@@ -47,3 +47,31 @@ def test_reaper_closes_runs_of_dead_writers_even_while_prefect_says_running(trac
     # Once Prefect reports their flow run over, they are closed too.
     later = tracking.fail_stale_runs(client, experiment, "current", is_active=lambda _: False)
     assert set(later) == {alive, elsewhere}
+
+
+def test_finished_heads_of_a_live_concurrent_run_are_not_adopted(tracking_uri):
+    """Two runs of the same settings at once: the second must not take the first's
+    finished child while the first is still alive; once that run is over, it may."""
+    client = MlflowClient(tracking_uri)
+    experiment = tracking.ensure_experiment(client)
+    parent = client.create_run(
+        experiment,
+        run_name="live-parent",
+        tags={tracking.FLOW_RUN_TAG: "other-flow-run", **tracking.owner_tags()},
+    ).info.run_id
+    child = client.create_run(
+        experiment,
+        run_name="gap-seed0",
+        tags={"mlflow.parentRunId": parent, tracking.RUN_KEY_TAG: "key-1"},
+    ).info.run_id
+    client.log_metric(child, "test_accuracy", 0.8)
+    tracking.finish_run(client, child)
+
+    def find(active: bool):
+        return tracking.find_resumable(
+            client, experiment, "key-1", is_active=lambda _: active, current_flow_run_id="me"
+        )
+
+    assert find(active=True) is None  # its flow run is alive (and so is its process)
+    found = find(active=False)  # Prefect says that flow run is over
+    assert found is not None and found.info.run_id == child
