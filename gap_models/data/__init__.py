@@ -1,0 +1,79 @@
+"""Data: read a source, decode every file, split by content hash, resize once, cache.
+
+One module per step, each importable on its own:
+
+- ``sources``: list, read and fingerprint a tfds, zip or folder source; download it.
+- ``decoding``: one Pillow decode path for every file, and a thread pool for many files.
+- ``selection``: the content-hash split and order, and which files are used under
+  ``max_images``.
+- ``cache``: ``preprocess`` once into an atomically written cache; ``load_split`` from it.
+- ``pipeline``: the ``tf.data`` input pipeline over the cached arrays.
+
+Everything callers use is re-exported here, so ``from gap_models.data import X`` works
+whichever module ``X`` lives in. To patch a function that the package itself calls, patch
+it in the module that calls it (e.g. ``gap_models.data.decoding.decode_image``): patching
+this package's name does not change what the other modules see. Nothing here does I/O at
+import time, and TensorFlow is imported only when a tfds source or dataset is used.
+"""
+
+from gap_models.data import selection
+from gap_models.data.cache import (
+    PREPROCESS_VERSION,
+    PreparedData,
+    cache_key,
+    default_cache_dir,
+    load_split,
+    preprocess,
+    read_manifest,
+)
+from gap_models.data.decoding import MAX_DECODE_PIXELS, ImageDecodeError, decode_image
+from gap_models.data.pipeline import make_dataset
+from gap_models.data.selection import SPLIT_NAMES, ProgressCallback, assign_split, hash_order
+from gap_models.data.sources import (
+    CLASS_NAMES,
+    FOLDER_LABELS,
+    NETWORK_TIMEOUT_SECONDS,
+    TFDS_HOST,
+    DataError,
+    OfflineError,
+    SourceFile,
+    check_network,
+    download,
+    fingerprint_source,
+    iter_source,
+    list_source,
+)
+
+_decode_selected = selection.decode_selected
+"""The name the one-module layout had; tests/integration/test_flow.py still patches it.
+Patching it here does not reach ``cache.preprocess``: patch ``cache.decode_selected``."""
+
+__all__ = [
+    "CLASS_NAMES",
+    "FOLDER_LABELS",
+    "MAX_DECODE_PIXELS",
+    "NETWORK_TIMEOUT_SECONDS",
+    "PREPROCESS_VERSION",
+    "SPLIT_NAMES",
+    "TFDS_HOST",
+    "DataError",
+    "ImageDecodeError",
+    "OfflineError",
+    "PreparedData",
+    "ProgressCallback",
+    "SourceFile",
+    "assign_split",
+    "cache_key",
+    "check_network",
+    "decode_image",
+    "default_cache_dir",
+    "download",
+    "fingerprint_source",
+    "hash_order",
+    "iter_source",
+    "list_source",
+    "load_split",
+    "make_dataset",
+    "preprocess",
+    "read_manifest",
+]
