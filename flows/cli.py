@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gap_models.config import DEFAULT_SOURCE
+from gap_models.config import RunConfig
 
 app = typer.Typer(
     help="Train and compare CNN classifier heads on Cats vs Dogs.", no_args_is_help=True
@@ -18,75 +20,54 @@ app = typer.Typer(
 DEFAULT_MODEL_URI = "models:/cats-vs-dogs@champion"
 
 
+FIELDS = RunConfig.model_fields
+
+
+def _option(name: str, *flags: str) -> typer.models.OptionInfo:
+    """A ``run`` option whose help and shown default come from ``RunConfig``."""
+    field = FIELDS[name]
+    default = field.get_default(call_default_factory=True)
+    shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+    return typer.Option(*flags, help=field.description, show_default=shown)
+
+
 @app.command()
 def run(
-    source: Annotated[
-        str,
-        typer.Option(help="tfds:cats_vs_dogs, or a .zip / folder in PetImages/{Cat,Dog} layout"),
-    ] = DEFAULT_SOURCE,
-    image_size: Annotated[int, typer.Option(help="Side the photos are resized to")] = 100,
-    batch_size: int = 64,
-    epochs: int = 7,
-    heads: Annotated[
-        list[str] | None,
-        typer.Option("--head", help="Repeat for several (default fc, fc_dropout, gap)"),
-    ] = None,
-    seeds: Annotated[
-        list[int] | None, typer.Option("--seed", help="Repeat for several (default 0)")
-    ] = None,
-    learning_rate: float = 0.001,
-    split: Annotated[str, typer.Option(help="train,validation,test percentages")] = "80,10,10",
-    max_images: Annotated[
-        int | None, typer.Option(help="Class-balanced subset size (default: all)")
-    ] = None,
-    promote: Annotated[
-        bool, typer.Option(help="Register the best model; move champion if better")
-    ] = True,
-    recipe: Annotated[
-        str, typer.Option(help="faithful (the article's training) or improved")
-    ] = "faithful",
-    precision: Annotated[
-        str, typer.Option(help="mixed_bfloat16 (fast) or float32 (the article's arithmetic)")
-    ] = "mixed_bfloat16",
-    batch_norm: Annotated[
-        str, typer.Option(help="fused (fast) or keras (Keras' own BatchNormalization)")
-    ] = "fused",
+    source: Annotated[str | None, _option("source")] = None,
+    image_size: Annotated[int | None, _option("image_size")] = None,
+    batch_size: Annotated[int | None, _option("batch_size")] = None,
+    epochs: Annotated[int | None, _option("epochs")] = None,
+    heads: Annotated[list[str] | None, _option("heads", "--head")] = None,
+    seeds: Annotated[list[int] | None, _option("seeds", "--seed")] = None,
+    learning_rate: Annotated[float | None, _option("learning_rate")] = None,
+    split: Annotated[str | None, _option("split")] = None,
+    max_images: Annotated[int | None, _option("max_images")] = None,
+    promote: Annotated[bool | None, _option("promote", "--promote/--no-promote")] = None,
+    recipe: Annotated[str | None, _option("recipe")] = None,
+    precision: Annotated[str | None, _option("precision")] = None,
+    batch_norm: Annotated[str | None, _option("batch_norm")] = None,
 ) -> None:
-    """Run the compare-heads flow in this process (same parameters as the deployment)."""
-    from pydantic import ValidationError
-
-    from flows.compare_heads import compare_heads
-
+    """Run the compare-heads flow in this process (same parameters as the deployment).
+    Parameters are validated before anything starts: a bad one exits 2 within seconds."""
+    parameters = dict(locals())
     try:
-        split_parts = [int(part) for part in split.split(",")]
-    except ValueError:
-        raise typer.BadParameter(
-            f"split {split!r}: expected three integers like 80,10,10"
-        ) from None
-    try:
-        summary = compare_heads(
-            source=source,
-            image_size=image_size,
-            batch_size=batch_size,
-            epochs=epochs,
-            heads=heads or None,
-            seeds=seeds or None,
-            learning_rate=learning_rate,
-            split=split_parts,
-            max_images=max_images,
-            promote=promote,
-            recipe=recipe,
-            precision=precision,
-            batch_norm=batch_norm,
-        )
-    except ValidationError as error:
+        if split is not None:
+            parameters["split"] = [int(part) for part in split.split(",")]
+        config = RunConfig.from_parameters(**parameters)
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
         typer.echo(f"Invalid parameters:\n{error}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(summary["markdown"])
-    if "promotion" in summary:
-        typer.echo(f"\nRegistry: {json.dumps(summary['promotion'])}")
-    typer.echo(f"\nPlots and tables: {summary['output_dir']}")
-    typer.echo(f"MLflow: {summary['tracking_uri']} (parent run {summary['parent_run_id']})")
+    # An in-process run starts a temporary Prefect server unless PREFECT_API_URL names one
+    # (`make up`'s); on a busy machine it can take far longer than Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+    from flows.compare_heads import compare_heads
+
+    result = compare_heads(**config.model_dump())
+    typer.echo(result.markdown)
+    if result.promotion is not None:
+        typer.echo(f"\nRegistry: {json.dumps(asdict(result.promotion))}")
+    typer.echo(f"\nPlots and tables: {result.output_dir}")
+    typer.echo(f"MLflow: {result.tracking_uri} (parent run {result.parent_run_id})")
 
 
 @app.command()
@@ -99,11 +80,12 @@ def cams(
     per_class: Annotated[int, typer.Option(help="Test photos per class")] = 4,
 ) -> None:
     """Draw a gap model's class activation maps on the first test photos of each class."""
+    from flows.compare_heads import load_model
+    from gap_models.comparison import cam_figure
     from gap_models.data import preprocess
-    from tasks.compare import cam_figure
 
     prepared = preprocess(source, image_size, [int(part) for part in split.split(",")], None)
-    cam_figure(model_uri, str(prepared.cache_dir), per_class).savefig(out, dpi=110)
+    cam_figure(load_model(model_uri), str(prepared.cache_dir), per_class).savefig(out, dpi=110)
     typer.echo(f"{out} ({per_class} cats and {per_class} dogs of the test split)")
 
 
@@ -113,11 +95,11 @@ def predict(
     model_uri: Annotated[str, typer.Option(help="MLflow model URI")] = DEFAULT_MODEL_URI,
 ) -> None:
     """Classify image files: one line per file, 'PATH<TAB>label<TAB>probability'."""
+    from flows.compare_heads import load_model
     from gap_models.predict import classify_files
-    from tasks.evaluate import load_logged_model
 
     try:
-        model = load_logged_model(model_uri)
+        model = load_model(model_uri)
     except Exception as error:  # MLflow raises many kinds; the user needs the URI and the cause
         typer.echo(f"cannot load model {model_uri}: {error}", err=True)
         raise typer.Exit(2) from None

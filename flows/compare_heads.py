@@ -2,6 +2,8 @@
 
 Run it in-process with keyword parameters (``compare_heads(source=..., epochs=1)``), through
 ``compare-heads run``, or as the deployment ``compare-heads/compare-heads`` on a worker.
+Every parameter's default and allowed values live in ``gap_models.config.RunConfig``; a
+parameter left at None takes that default.
 """
 
 from __future__ import annotations
@@ -10,21 +12,39 @@ import contextlib
 import os
 import resource
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from gap_models.config import DEFAULT_SOURCE, RunConfig
-from tasks import tracking
+from gap_models.config import RunConfig
+from tasks import recovery, tracking
 from tasks.compare import compare_runs
 from tasks.data import download, preprocess, record_skipped
 from tasks.evaluate import evaluate_head
-from tasks.promote import promote_best
-from tasks.train import train_head
+from tasks.promote import Promotion, promote_best
+from tasks.train import TrainedRun, train_head
 
-flow_run_is_active = tracking.flow_run_is_active
+
+@dataclass
+class ComparisonResult:
+    """What one flow run produced, by reference: where to look, and what was decided."""
+
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    cache_dir: str
+    images_used: int
+    skipped_images: int
+    output_dir: str
+    best_head: str
+    rows: list[dict]
+    markdown: str
+    promotion: Promotion | None = None
+    trained: list[TrainedRun] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 class PhaseClock:
@@ -42,10 +62,10 @@ class PhaseClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
-def reused_test_scores(client, run_id: str) -> dict[str, float]:
-    """Test metrics an adopted child run already holds (it was evaluated before)."""
-    metrics = client.get_run(run_id).data.metrics
-    return {key: value for key, value in metrics.items() if key.startswith("test_")}
+def load_model(model_uri: str):
+    """A model this project logged, by MLflow URI, from the configured tracking store (what
+    ``compare-heads predict`` and ``compare-heads cams`` classify and draw with)."""
+    return tracking.load_logged_model(model_uri)
 
 
 def output_dir_for(run_name: str) -> Path:
@@ -57,129 +77,132 @@ def output_dir_for(run_name: str) -> Path:
 
 @flow(name="compare-heads", log_prints=True, validate_parameters=True)
 def compare_heads(
-    source: str = DEFAULT_SOURCE,
-    image_size: int = 100,
-    batch_size: int = 64,
-    epochs: int = 7,
+    source: str | None = None,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
     heads: list[str] | None = None,
     seeds: list[int] | None = None,
-    learning_rate: float = 0.001,
+    learning_rate: float | None = None,
     split: list[int] | None = None,
     max_images: int | None = None,
-    promote: bool = True,
-    recipe: str = "faithful",
-    precision: str = "mixed_bfloat16",
-    batch_norm: str = "fused",
-) -> dict:
-    """Train and fairly compare CNN classifier heads on Cats vs Dogs; returns the summary."""
-    logger = get_run_logger()
-    config = RunConfig(
-        source=source,
-        image_size=image_size,
-        batch_size=batch_size,
-        epochs=epochs,
-        heads=heads if heads is not None else ["fc", "fc_dropout", "gap"],
-        seeds=seeds if seeds is not None else [0],
-        learning_rate=learning_rate,
-        split=split if split is not None else [80, 10, 10],
-        max_images=max_images,
-        promote=promote,
-        recipe=recipe,
-        precision=precision,
-        batch_norm=batch_norm,
-    )
+    promote: bool | None = None,
+    recipe: str | None = None,
+    precision: str | None = None,
+    batch_norm: str | None = None,
+) -> ComparisonResult:
+    """Train and fairly compare CNN classifier heads on Cats vs Dogs (parameters: RunConfig)."""
+    config = RunConfig.from_parameters(**locals())
     started = time.perf_counter()
+    logger = get_run_logger()
     uri = tracking.tracking_uri()
     tracking.check_tracking_server(uri)
     client = tracking.client()
     experiment_id = tracking.ensure_experiment(client)
     run_name = flow_run.get_name() or "local"
-    flow_run_id = str(flow_run.get_id() or "")
-    for stale in tracking.fail_stale_runs(client, experiment_id, flow_run_id, flow_run_is_active):
+    flow_run_id = recovery.current_flow_run_id()
+    for stale in recovery.fail_stale_runs(
+        client, experiment_id, flow_run_id, recovery.flow_run_is_active
+    ):
         logger.warning("Marked MLflow run %s FAILED: its flow run ended without closing it", stale)
-    parent = client.create_run(
+    output_dir = output_dir_for(run_name)
+    parent_id = client.create_run(
         experiment_id,
         run_name=run_name,
-        tags={tracking.FLOW_RUN_TAG: flow_run_id, "kind": "comparison", **tracking.owner_tags()},
-    )
-    parent_id = parent.info.run_id
+        tags={
+            recovery.FLOW_RUN_TAG: flow_run_id,
+            "kind": "comparison",
+            tracking.OUTPUT_DIR_TAG: str(output_dir),
+            **recovery.owner_tags(),
+        },
+    ).info.run_id
     logger.info("MLflow: %s, experiment %s, parent run %s", uri, experiment_id, parent_id)
-    try:
+    with tracking.closing_run(client, parent_id):
         tracking.log_params(client, parent_id, config.tracking_params())
-        phases = PhaseClock()
-        with phases("download"):
-            local_source = download(config.source)
-        with phases("preprocess"):
-            prepared = preprocess(local_source, config.image_size, config.split, config.max_images)
-        record_skipped(prepared, parent_id)
-        compute = prepared.seconds  # the tasks' own work, without orchestration or tracking
-        trained_runs, test_scores = [], []
-        for seed in config.seeds:
-            for head in config.heads:
-                with phases("train"):
-                    trained = train_head(
-                        prepared.cache_dir,
-                        head,
-                        seed,
-                        config,
-                        experiment_id,
-                        parent_id,
-                        prepared.skipped_images,
-                    )
-                trained_runs.append(trained)
-                compute += trained.compute_seconds
-                with phases("evaluate"):
-                    if trained.reused:
-                        scores = reused_test_scores(client, trained.run_id)
-                    else:
-                        scores = evaluate_head(trained, prepared.cache_dir)
-                test_scores.append(scores)
-                compute += scores.get("evaluate_seconds", 0.0)
-        output_dir = str(output_dir_for(run_name))
-        with phases("compare"):
-            summary = compare_runs(
-                trained_runs, experiment_id, parent_id, output_dir, prepared.cache_dir
-            )
-        compute += summary.get("plot_seconds", 0.0)
-        if config.promote:
-            with phases("promote"):
-                summary["promotion"] = promote_best(
-                    trained_runs, test_scores, summary["best_head"], prepared.cache_dir, parent_id
+        result = _compare(config, client, experiment_id, parent_id, output_dir)
+        result.tracking_uri = uri
+        result.timing = _timing(result.timing, time.perf_counter() - started)
+        tracking.log_metrics(client, parent_id, result.timing)
+    logger.info(
+        "Done in %.1f s (tasks' own compute %.1f s, peak memory %.0f MB). Plots and tables: %s",
+        result.timing["flow_seconds"],
+        result.timing["compute_seconds"],
+        result.timing["peak_memory_mb"],
+        result.output_dir,
+    )
+    return result
+
+
+def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, output_dir: Path):
+    """The recipe: download, preprocess, train and evaluate each (seed, head), compare,
+    promote. Returns the result with per-phase seconds in ``timing``."""
+    phases = PhaseClock()
+    with phases("download"):
+        local_source = download(config.source)
+    with phases("preprocess"):
+        prepared = preprocess(local_source, config.image_size, config.split, config.max_images)
+    record_skipped(prepared, parent_id)
+    compute = prepared.seconds  # the tasks' own work, without orchestration or tracking
+    trained_runs, test_scores = [], []
+    for seed in config.seeds:
+        for head in config.heads:
+            with phases("train"):
+                trained = train_head(
+                    prepared.cache_dir,
+                    head,
+                    seed,
+                    config,
+                    experiment_id,
+                    parent_id,
+                    prepared.skipped_images,
                 )
-        flow_seconds = time.perf_counter() - started
-        timing = {
-            "flow_seconds": flow_seconds,
-            "compute_seconds": compute,
-            "overhead_fraction": max(flow_seconds - compute, 0.0) / flow_seconds,
-            "preprocess_cache_hit": float(prepared.cache_hit),
-            # Peak resident memory of this flow run's process (Linux reports KiB).
-            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "preprocess_compute_seconds": prepared.seconds,
-            **{f"phase_seconds_{name}": seconds for name, seconds in phases.seconds.items()},
-        }
-        tracking.log_metrics(client, parent_id, timing)
-        logger.info(
-            "Time: %.1f s in all, %.1f s the tasks' own compute, overhead %.1f %%; phases %s; "
-            "peak memory %.0f MB",
-            flow_seconds,
-            compute,
-            100 * timing["overhead_fraction"],
-            {name: round(seconds, 1) for name, seconds in phases.seconds.items()},
-            timing["peak_memory_mb"],
+            with phases("evaluate"):
+                scores = (
+                    tracking.test_metrics(client, trained.run_id)
+                    if trained.reused
+                    else evaluate_head(trained, prepared.cache_dir)
+                )
+            trained_runs.append(trained)
+            test_scores.append(scores)
+            compute += trained.compute_seconds + scores.get("evaluate_seconds", 0.0)
+    with phases("compare"):
+        report, markdown = compare_runs(
+            trained_runs, experiment_id, parent_id, str(output_dir), prepared.cache_dir
         )
-    except BaseException:
-        tracking.finish_run(client, parent_id, failed=True)
-        raise
-    tracking.finish_run(client, parent_id)
-    summary.update(
+    promotion = None
+    if config.promote:
+        with phases("promote"):
+            promotion = promote_best(
+                trained_runs, test_scores, report.best_head, prepared.cache_dir, parent_id
+            )
+    return ComparisonResult(
         parent_run_id=parent_id,
         experiment_id=experiment_id,
-        tracking_uri=uri,
+        tracking_uri="",
         cache_dir=prepared.cache_dir,
         images_used=prepared.images_used,
         skipped_images=prepared.skipped_images,
+        output_dir=str(report.out_dir),
+        best_head=report.best_head,
+        rows=report.rows,
+        markdown=markdown,
+        promotion=promotion,
+        trained=trained_runs,
+        timing={
+            "compute_seconds": compute + report.plot_seconds,
+            "preprocess_cache_hit": float(prepared.cache_hit),
+            "preprocess_compute_seconds": prepared.seconds,
+            **{f"phase_seconds_{name}": seconds for name, seconds in phases.seconds.items()},
+        },
     )
-    logger.info(
-        "Done in %.1f s. Plots and tables: %s", time.perf_counter() - started, summary["output_dir"]
-    )
-    return summary
+
+
+def _timing(timing: dict[str, float], flow_seconds: float) -> dict[str, float]:
+    """The parent run's time and memory metrics: flow wall time, overhead, peak memory."""
+    return {
+        **timing,
+        "flow_seconds": flow_seconds,
+        "overhead_fraction": max(flow_seconds - timing["compute_seconds"], 0.0) / flow_seconds,
+        # Peak resident memory of this flow run's process (Linux reports KiB).
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }

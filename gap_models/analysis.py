@@ -48,7 +48,7 @@ class PairedComparison:
 def paired_comparisons(accuracy: dict[str, dict[int, float]]) -> list[PairedComparison]:
     """Paired t-test over seeds for every pair of heads (``accuracy[head][seed]``).
 
-    Paired by seed because, for one seed, both heads start from the same head weights and
+    Paired by seed because, for one seed, both heads start from the same backbone weights and
     see the same shuffles: the pairing removes that shared variance. Over seeds rather than
     a bootstrap over test images, because the question is whether one *recipe* beats the
     other across training randomness, which a single trained model's test sample ignores.

@@ -146,6 +146,21 @@ def statistics_markdown(results: list[RunResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def claims_markdown(results: list[RunResult]) -> str:
+    """The claims table with verdicts in bold ("" when gap or fc did not run)."""
+    table = claims(results)
+    if not table:
+        return ""
+    lines = [
+        "## The article's claims (gap against fc)",
+        "",
+        "| claim | verdict | what we measured |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {row['claim']} | **{row['verdict']}** | {row['evidence']} |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(results: list[RunResult], summary_table: str) -> str:
     """``report.md``: the summary, the statistics, and the claims with verdicts."""
     seeds = sorted({r.seed for r in results})
@@ -153,7 +168,7 @@ def report_markdown(results: list[RunResult], summary_table: str) -> str:
         "# compare-heads report",
         "",
         f"Heads {[row['head'] for row in summarize(results)]}, seeds {seeds}. Test scores are on the "
-        "held-out test split; every head of one seed started from identical head weights.",
+        "held-out test split; every head of one seed started from identical backbone weights.",
         "",
         "## Summary",
         "",
@@ -161,23 +176,16 @@ def report_markdown(results: list[RunResult], summary_table: str) -> str:
         "## Repeats and significance",
         "",
         statistics_markdown(results),
-        "Why paired over seeds: for one seed all heads share initial head weights and data "
+        "Why paired over seeds: for one seed all heads share initial backbone weights and data "
         "order, so pairing removes that variance; the question is whether one recipe beats "
         "another across training randomness, which a bootstrap over one model's test images "
         "would not capture.",
         "",
     ]
-    table = claims(results)
+    table = claims_markdown(results)
     if table:
         parts += [
-            "## The article's claims (gap against fc)",
-            "",
-            "| claim | verdict | what we measured |",
-            "|---|---|---|",
-        ]
-        parts += [f"| {row['claim']} | **{row['verdict']}** | {row['evidence']} |" for row in table]
-        parts += [
-            "",
+            table,
             "Translation rule: each test image is shifted by 0, 10, 20 and 30 pixels right, "
             "left, down and up; the uncovered band repeats the image's edge pixels; accuracy "
             "is averaged over the four directions.",

@@ -2,25 +2,27 @@
 
 The flow's parameters are exactly the fields of ``RunConfig``; bad values fail here, before
 any download or training starts, with a message naming the parameter and what is allowed.
+Allowed values are the ``Literal`` types below; the modules that use them import the tuples.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gap_models import HEAD_NAMES
+from gap_models.hardware import hardware_params, resolve_precision
 
 TFDS_PREFIX = "tfds:"
 DEFAULT_SOURCE = "tfds:cats_vs_dogs"
 MIN_FEATURE_SIDE = {"fc": 1, "fc_dropout": 1, "gap": 1, "avgpool": 2}
-"""Smallest side of the head's output map each back-end can take (avgpool pools 2x2)."""
+"""Smallest side of the backbone's output map each head can take (avgpool pools 2x2)."""
 
 
 def feature_map_side(image_size: int) -> int:
-    """Side of the shared head's output: three valid 3x3 convolutions, each then 2x2 pooled."""
+    """Side of the backbone's output: three valid 3x3 convolutions, each then 2x2 pooled."""
     side = image_size
     for _ in range(3):
         side = (side - 2) // 2
@@ -35,37 +37,70 @@ def min_image_size(head: str) -> int:
     return size
 
 
+Precision = Literal["auto", "mixed_bfloat16", "float32"]
+BatchNorm = Literal["fused", "keras"]
+Recipe = Literal["faithful", "improved"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+BATCH_NORMS: tuple[str, ...] = get_args(BatchNorm)
+RECIPES: tuple[str, ...] = get_args(Recipe)
+
+
 class RunConfig(BaseModel):
-    """Parameters of one compare-heads run (SPEC §3), validated before any work."""
+    """Parameters of one compare-heads run: the one home of every name, default and allowed
+    value. The flow, the CLI and prefect.yaml take theirs from here (a test checks), and bad
+    values fail here, before any download or training, naming the parameter."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # tfds:cats_vs_dogs (downloads the real data), or a zip / folder in PetImages/{Cat,Dog} layout.
-    source: str = DEFAULT_SOURCE
-    # Side of the square the photos are resized to once, before caching (the article: 100).
-    image_size: int = Field(100, ge=1, le=512)
-    batch_size: int = Field(64, ge=1, le=4096)
-    epochs: int = Field(7, ge=1, le=1000)
-    heads: list[str] = Field(default_factory=lambda: ["fc", "fc_dropout", "gap"], min_length=1)
-    # Each seed repeats every head; for one seed all heads start from identical head weights.
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    learning_rate: float = Field(0.001, gt=0, le=1)
-    # Percentages of train / validation / test; assignment is by a hash of each image's bytes.
-    split: list[int] = Field(default_factory=lambda: [80, 10, 10])
-    # A deterministic, class-balanced subset for quick runs; None uses every image.
-    max_images: int | None = Field(None, ge=6)
-    # Register the best model and move the champion alias if it beats the current champion.
-    promote: bool = True
-    # "faithful" trains as the article did; "improved" adds augmentation, a learning-rate
-    # schedule and early stopping (off by default so the comparison stays faithful).
-    recipe: Literal["faithful", "improved"] = "faithful"
-    # Keras dtype policy: "mixed_bfloat16" (bfloat16 compute, float32 weights and output;
-    # this CPU has AVX512_BF16) or "float32". With batch_norm "keras" and precision
-    # "float32" the models are the article's bit for bit (docs/RESULTS.md, performance).
-    precision: Literal["mixed_bfloat16", "float32"] = "mixed_bfloat16"
-    # "fused": the head's BatchNorm trains through TensorFlow's fused kernel (same maths);
-    # "keras": Keras' own layer.
-    batch_norm: Literal["fused", "keras"] = "fused"
+    source: str = Field(
+        DEFAULT_SOURCE,
+        description="tfds:cats_vs_dogs (downloads the real photos), or a .zip / folder in "
+        "PetImages/{Cat,Dog}/*.jpg layout",
+    )
+    # The article resized to 100 px; the cache holds the photos at this size, decoded once.
+    image_size: int = Field(100, ge=1, le=512, description="Side the photos are resized to")
+    batch_size: int = Field(64, ge=1, le=4096, description="Training batch size")
+    epochs: int = Field(7, ge=1, le=1000, description="Training epochs (the article: 7)")
+    heads: list[str] = Field(
+        default_factory=lambda: ["fc", "fc_dropout", "gap"],
+        min_length=1,
+        description=f"Classifier heads to train, of {list(HEAD_NAMES)}",
+    )
+    # For one seed every head starts from identical backbone weights (a fair comparison).
+    seeds: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, description="Each seed repeats every head"
+    )
+    learning_rate: float = Field(0.001, gt=0, le=1, description="Adam's learning rate")
+    # Assignment is by a hash of each image's bytes: adding photos never moves old ones.
+    split: list[int] = Field(
+        default_factory=lambda: [80, 10, 10],
+        description="Train / validation / test percentages",
+    )
+    # Deterministic and class-balanced, for quick runs.
+    max_images: int | None = Field(
+        None, ge=6, description="Use a class-balanced subset of this many photos (None: all)"
+    )
+    promote: bool = Field(
+        True, description="Register the best model; move the champion alias if it is better"
+    )
+    # Off by default so the comparison stays the article's.
+    recipe: Recipe = Field(
+        "faithful",
+        description="faithful (the article's training) or improved (augmentation, "
+        "learning-rate schedule, early stopping)",
+    )
+    # Emulated bfloat16 is 3.5x slower than float32 on an AVX2-only CPU, native bfloat16
+    # about 1.9x faster: "auto" decides per machine (gap_models/hardware.py).
+    precision: Precision = Field(
+        "auto",
+        description="auto (bfloat16 where the hardware computes it natively, else float32), "
+        "mixed_bfloat16, or float32 (the article's arithmetic)",
+    )
+    # Same maths as Keras' layer, one kernel while training; "keras" with precision
+    # "float32" is the article's model bit for bit.
+    batch_norm: BatchNorm = Field(
+        "fused", description="fused (TensorFlow's fused kernel) or keras (Keras' own layer)"
+    )
 
     @field_validator("source")
     @classmethod
@@ -141,6 +176,46 @@ class RunConfig(BaseModel):
     def is_tfds(self) -> bool:
         return self.source.startswith(TFDS_PREFIX)
 
+    @classmethod
+    def from_parameters(cls, **parameters: object) -> RunConfig:
+        """A config from flow or CLI parameters, where None means "the default"."""
+        return cls(**{name: value for name, value in parameters.items() if value is not None})
+
+    def training_settings(self) -> dict[str, object]:
+        """Every setting that changes what training one (head, seed) produces, beyond the
+        data: part of a child run's identity (resumption) and of its parameters. Precision
+        is the one this machine resolved ``auto`` to."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "image_size": self.image_size,
+            "recipe": self.recipe,
+            "precision": resolve_precision(self.precision).value,
+            "batch_norm": self.batch_norm,
+            # Models are logged and scored with BatchNorm statistics recomputed after training.
+            "batch_norm_statistics": "precise",
+        }
+
+    def child_params(self, head: str, seed: int, trainable_params: int) -> dict[str, object]:
+        """A child run's parameters: head, seed, the training settings, the model's size,
+        and why precision resolved as it did on the machine that trained it."""
+        return {
+            "head": head,
+            "seed": seed,
+            **self.training_settings(),
+            "trainable_params": trainable_params,
+            "precision_reason": resolve_precision(self.precision).reason,
+            **hardware_params(),
+        }
+
     def tracking_params(self) -> dict[str, str]:
-        """The run's parameters as MLflow logs them on the parent run (strings, once)."""
-        return {key: str(value) for key, value in self.model_dump().items()}
+        """The run's parameters as MLflow logs them on the parent run (strings, once), with
+        what ``precision`` resolved to on this machine, why, and the CPU it saw."""
+        precision = resolve_precision(self.precision)
+        return {
+            **{key: str(value) for key, value in self.model_dump().items()},
+            "precision_resolved": precision.value,
+            "precision_reason": precision.reason,
+            **hardware_params(),
+        }

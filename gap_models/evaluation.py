@@ -1,9 +1,15 @@
-"""Evaluation on the held-out test split: loss, accuracy and ROC AUC from predictions."""
+"""Evaluation on the held-out test split: loss, accuracy, ROC AUC and translation
+robustness, from predictions."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from scipy.stats import rankdata
+
+from gap_models.analysis import translation_accuracy
+from gap_models.data import load_split
 
 EPSILON = 1e-7  # Keras' clipping of probabilities in binary cross-entropy
 
@@ -47,3 +53,19 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Test metrics of a trained model on the cached test split."""
     return binary_metrics(labels, predict_probabilities(model, images, batch_size))
+
+
+SHIFT_METRIC_PREFIX = "test_accuracy_shift_"
+"""Test accuracy on images shifted by N pixels is recorded as ``test_accuracy_shift_N``."""
+
+
+def score_on_test(model, cache_dir: str) -> dict[str, float]:
+    """Everything measured on the cached test split: loss, accuracy, AUC, accuracy under
+    each translation shift (the robustness claim), and the seconds all that took."""
+    images, labels = load_split(cache_dir, "test")
+    started = time.perf_counter()
+    metrics = evaluate_model(model, images, labels)
+    for pixels, accuracy in translation_accuracy(model, images, labels).items():
+        metrics[f"{SHIFT_METRIC_PREFIX}{pixels}"] = accuracy
+    metrics["evaluate_seconds"] = time.perf_counter() - started
+    return metrics

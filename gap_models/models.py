@@ -1,10 +1,13 @@
-"""Model builders: one shared convolutional head, one builder per classifier back-end.
+"""Model builders: one convolutional backbone, one builder per classifier head.
 
 Every model takes raw uint8 pixels (rescaling to [0, 1] lives inside the model, so a saved
 model serves raw images) and ends in one sigmoid unit: P(dog). All initialisers are seeded
-from the run's seed, and the head's layers are built first with their own seeds, so for one
-seed every back-end starts from identical head weights (the article shared one trained head
-object across models; we build a fresh one each time).
+from the run's seed, and the backbone's layers are built first with their own seeds, so for
+one seed every head starts from identical backbone weights (the article shared one trained
+backbone object across models; we build a fresh one each time).
+
+The backbone's saved layer names keep their first prefix, ``head_`` (``head_conv1`` ...
+``head_pool3``): models already in users' registries are found and drawn by these names.
 """
 
 from __future__ import annotations
@@ -15,16 +18,12 @@ import keras
 from keras import layers
 
 from gap_models import HEAD_NAMES
-from gap_models.config import feature_map_side, min_image_size
+from gap_models.config import BATCH_NORMS, PRECISIONS, feature_map_side, min_image_size
+from gap_models.hardware import resolve_precision
 
-HEAD_FILTERS: tuple[int, ...] = (32, 32, 64)
+BACKBONE_FILTERS: tuple[int, ...] = (32, 32, 64)
 DENSE_UNITS = 100
 DROPOUT_RATE = 0.5
-PRECISIONS: tuple[str, ...] = ("float32", "mixed_bfloat16")
-"""Keras dtype policies a model can be built with; the output unit is float32 in both."""
-BATCH_NORMS: tuple[str, ...] = ("fused", "keras")
-"""``fused``: ``FusedBatchNormalization`` (one oneDNN kernel per BatchNorm while training);
-``keras``: Keras' own layer, bit for bit what the article ran."""
 
 
 @keras.saving.register_keras_serializable(package="compare_heads")
@@ -32,8 +31,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
     """Keras' BatchNormalization, trained through TensorFlow's fused kernel.
 
     Keras 3 computes a training-mode BatchNorm as separate moment, normalisation and cast
-    ops: on this 2-core CPU the three BN + ReLU + pool blocks of a step cost more than the
-    convolutions (measured: 93 ms vs 52 ms per batch of 64, fp32; fused 26 ms). Same
+    ops; on small CPUs the backbone's three BN + ReLU + pool blocks can cost more than its
+    convolutions (docs/RESULTS.md, performance, has the measurement). Same
     parameters, same maths (batch mean and biased variance normalise; the moving averages
     get the biased variance, as Keras does), same saved config, so a model built with it
     loads and infers exactly like one built with the stock layer. Inference, masks, 2-D
@@ -86,18 +85,18 @@ def _batch_norm_class(batch_norm: str) -> type[layers.BatchNormalization]:
     return FusedBatchNormalization if batch_norm == "fused" else layers.BatchNormalization
 
 
-def build_feature_extractor(
+def build_backbone(
     inputs: keras.KerasTensor,
     seed: int,
     rescale: bool = True,
     batch_norm: str = "fused",
     dtype: str = "float32",
 ) -> keras.KerasTensor:
-    """The shared head: rescale, then 3 x (Conv 3x3 valid -> BN -> ReLU -> MaxPool 2x2)."""
+    """The article's backbone: rescale, then 3 x (Conv 3x3 valid -> BN -> ReLU -> MaxPool 2x2)."""
     seeds = _Seeds(seed, offset=0)
     norm = _batch_norm_class(batch_norm)
     x = layers.Rescaling(1.0 / 255, name="rescale", dtype=dtype)(inputs) if rescale else inputs
-    for block, filters in enumerate(HEAD_FILTERS, start=1):
+    for block, filters in enumerate(BACKBONE_FILTERS, start=1):
         x = layers.Conv2D(
             filters,
             3,
@@ -123,7 +122,7 @@ def _dense(
     )
 
 
-def _fc_backend(
+def _fc_head(
     x: keras.KerasTensor, seed: int, dropout_rate: float | None, dtype: str
 ) -> keras.KerasTensor:
     # Stock BatchNormalization here: on 2-D inputs the fused kernel gains nothing.
@@ -140,38 +139,36 @@ def _fc_backend(
     return _dense(1, seeds, "output", dtype, activation="sigmoid")(x)
 
 
-def fc_backend(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
+def fc_head(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
     """Flatten, BN, Dense 100, ReLU, BN, Dense 100, ReLU, Dense 1 sigmoid (the article's FC)."""
-    return _fc_backend(x, seed, dropout_rate=None, dtype=dtype)
+    return _fc_head(x, seed, dropout_rate=None, dtype=dtype)
 
 
-def fc_dropout_backend(
-    x: keras.KerasTensor, seed: int, dtype: str = "float32"
-) -> keras.KerasTensor:
-    """As ``fc_backend``, with Dropout(0.5) after the first ReLU."""
-    return _fc_backend(x, seed, dropout_rate=DROPOUT_RATE, dtype=dtype)
+def fc_dropout_head(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
+    """As ``fc_head``, with Dropout(0.5) after the first ReLU."""
+    return _fc_head(x, seed, dropout_rate=DROPOUT_RATE, dtype=dtype)
 
 
-def gap_backend(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
+def gap_head(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
     """True global average pooling: one value per feature map, then Dense 1 sigmoid."""
     x = layers.GlobalAveragePooling2D(name="global_average_pool", dtype=dtype)(x)
     return _dense(1, _Seeds(seed, offset=500), "output", dtype, activation="sigmoid")(x)
 
 
-def avgpool_backend(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
+def avgpool_head(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
     """What the article's notebook ran as "GAP": a 2x2 average pool, Flatten, Dense 1 sigmoid."""
     x = layers.AveragePooling2D(2, name="average_pool_2x2", dtype=dtype)(x)
     x = layers.Flatten(name="flatten", dtype=dtype)(x)
     return _dense(1, _Seeds(seed, offset=500), "output", dtype, activation="sigmoid")(x)
 
 
-BACKENDS: dict[str, Callable[..., keras.KerasTensor]] = {
-    "fc": fc_backend,
-    "fc_dropout": fc_dropout_backend,
-    "gap": gap_backend,
-    "avgpool": avgpool_backend,
+HEAD_BUILDERS: dict[str, Callable[..., keras.KerasTensor]] = {
+    "fc": fc_head,
+    "fc_dropout": fc_dropout_head,
+    "gap": gap_head,
+    "avgpool": avgpool_head,
 }
-assert tuple(BACKENDS) == HEAD_NAMES
+assert tuple(HEAD_BUILDERS) == HEAD_NAMES
 
 
 def build_model(
@@ -182,18 +179,19 @@ def build_model(
     precision: str = "float32",
     batch_norm: str = "fused",
 ) -> keras.Model:
-    """Build a fresh, uncompiled model: the shared head topped by the named back-end.
+    """Build a fresh, uncompiled model: the backbone topped by the named head.
 
     The model takes uint8 (or float 0-255) RGB images of ``image_size`` x ``image_size``;
     ``rescale=False`` drops the built-in 1/255 for inputs already in [0, 1] (the article's
     pipeline, used by the benchmark). ``precision`` is the Keras dtype policy of every
-    layer but the float32 output; ``batch_norm`` picks the head's BatchNorm implementation
+    layer but the float32 output; ``batch_norm`` picks the backbone's BatchNorm implementation
     (``precision="float32", batch_norm="keras"`` is the article's model bit for bit).
     """
-    if head not in BACKENDS:
-        raise ValueError(f"unknown head {head!r}; allowed are {list(BACKENDS)}")
+    if head not in HEAD_BUILDERS:
+        raise ValueError(f"unknown head {head!r}; allowed are {list(HEAD_BUILDERS)}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; allowed are {list(PRECISIONS)}")
+    precision = resolve_precision(precision).value
     if image_size < min_image_size(head):
         raise ValueError(
             f"image_size {image_size} is too small for head {head!r} "
@@ -201,8 +199,8 @@ def build_model(
             f"the smallest it can process is {min_image_size(head)}"
         )
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    features = build_feature_extractor(inputs, seed, rescale, batch_norm, precision)
-    outputs = BACKENDS[head](features, seed, dtype=precision)
+    features = build_backbone(inputs, seed, rescale, batch_norm, precision)
+    outputs = HEAD_BUILDERS[head](features, seed, dtype=precision)
     return keras.Model(inputs, outputs, name=head)
 
 
@@ -216,8 +214,8 @@ def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
     return model
 
 
-def head_layer_names(model: keras.Model) -> list[str]:
-    """Names of the shared head's layers in a built model (for weight-identity checks)."""
+def backbone_layer_names(model: keras.Model) -> list[str]:
+    """Names of the backbone's layers in a built model (for weight-identity checks)."""
     return [layer.name for layer in model.layers if layer.name.startswith("head_")]
 
 

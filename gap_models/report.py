@@ -39,6 +39,7 @@ class RunResult:
     train_images_per_second: float
     shift_accuracy: dict[int, float] = field(default_factory=dict)
     epoch_seconds: list[float] = field(default_factory=list)
+    model_uri: str = ""
 
     @property
     def best_val_accuracy(self) -> float:

@@ -1,4 +1,5 @@
-"""Training helpers: fit a compiled model on cached data, report every epoch, time it."""
+"""Training: build a (head, seed) model, fit it on cached data, report every epoch, time it,
+and recompute BatchNorm's statistics before the model is scored or saved."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import keras
+
+from gap_models.config import RECIPES, RunConfig
+from gap_models.data import load_split, make_dataset
+from gap_models.hardware import resolve_precision
+from gap_models.models import build_model, compile_model
 
 EpochLogger = Callable[[int, dict[str, float]], None]
 """Called after every epoch with the 1-based epoch and its metrics (loss, accuracy, val_*,
@@ -17,7 +23,8 @@ class EpochReporter(keras.callbacks.Callback):
     """Times each epoch and hands its metrics to ``on_epoch`` as soon as it ends.
 
     The tracking layer passes a function that logs to MLflow, so a long run can be watched
-    live; the core stays free of any tracking library.
+    live; the core stays free of any tracking library. The time ``on_epoch`` itself takes
+    is measured too (``reporting_seconds``): tracking must stay a small part of training.
     """
 
     def __init__(self, on_epoch: EpochLogger, train_images: int) -> None:
@@ -26,6 +33,7 @@ class EpochReporter(keras.callbacks.Callback):
         self._train_images = train_images
         self._started = 0.0
         self.epoch_seconds: list[float] = []
+        self.reporting_seconds = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = time.perf_counter()
@@ -36,18 +44,52 @@ class EpochReporter(keras.callbacks.Callback):
         metrics = {key: float(value) for key, value in (logs or {}).items()}
         metrics["epoch_seconds"] = seconds
         metrics["images_per_second"] = self._train_images / seconds if seconds else 0.0
+        reporting_started = time.perf_counter()
         self._on_epoch(epoch + 1, metrics)
+        self.reporting_seconds += time.perf_counter() - reporting_started
+
+
+def describe_epoch(label: str, epoch: int, epochs: int, metrics: dict[str, float]) -> str:
+    """One log line for an epoch: its losses, accuracies, seconds and images per second."""
+    return (
+        f"{label} epoch {epoch}/{epochs}: loss {metrics['loss']:.4f} accuracy "
+        f"{metrics['accuracy']:.4f} val_loss {metrics['val_loss']:.4f} val_accuracy "
+        f"{metrics['val_accuracy']:.4f} ({metrics['epoch_seconds']:.1f} s, "
+        f"{metrics['images_per_second']:.0f} images/s)"
+    )
 
 
 @dataclass
 class TrainingResult:
-    """Per-epoch history and timing of one ``fit``."""
+    """Per-epoch history and timing of one ``fit``, and what ``fit_head`` did after it."""
 
     history: dict[str, list[float]]
     train_seconds: float
     train_images: int
     epochs: int
     epoch_seconds: list[float] = field(default_factory=list)
+    reporting_seconds: float = 0.0  # spent in the per-epoch callback (tracking)
+    recalibration_batches: int = 0
+    recalibration_seconds: float = 0.0
+    callbacks: list[str] = field(default_factory=list)  # what ran inside fit, in order
+    augmentation_change: float = 0.0  # mean |augmented - original| pixel, 0 without
+
+    @property
+    def compute_seconds(self) -> float:
+        """Fit plus BatchNorm recalibration: the training's own work."""
+        return self.train_seconds + self.recalibration_seconds
+
+    def final_metrics(self) -> dict[str, float]:
+        """The run-level figures a tracker records once training is over."""
+        return {
+            "train_seconds": self.train_seconds,
+            "train_images_per_second": self.images_per_second,
+            "best_val_accuracy": self.best_val_accuracy,
+            "epochs_run": self.epochs,
+            "bn_recalibration_batches": self.recalibration_batches,
+            "epoch_logging_seconds": self.reporting_seconds,
+            "augmentation_mean_abs_change": self.augmentation_change,
+        }
 
     @property
     def images_per_second(self) -> float:
@@ -59,12 +101,11 @@ class TrainingResult:
         return max(self.history.get("val_accuracy", [float("nan")]))
 
 
-RECIPES: tuple[str, ...] = ("faithful", "improved")
-"""``faithful``: the article's training, unchanged. ``improved``: data augmentation, learning
-rate halved when validation loss stalls, early stopping on validation loss (best weights
-kept), with BatchNorm statistics recomputed before every validation pass (so the schedule
-and the stopping react to the model, not to Keras' lagging moving averages), so each head
-shows how far it goes when trained well."""
+# Recipes (RunConfig.recipe): ``faithful`` is the article's training, unchanged.
+# ``improved``: data augmentation, learning rate halved when validation loss stalls, early
+# stopping on validation loss (best weights kept), with BatchNorm statistics recomputed
+# before every validation pass (so the schedule and the stopping react to the model, not to
+# Keras' lagging moving averages), so each head shows how far it goes when trained well.
 
 
 class PreciseBatchNormValidation(keras.callbacks.Callback):
@@ -72,10 +113,8 @@ class PreciseBatchNormValidation(keras.callbacks.Callback):
     ``batches`` training batches (see ``recalibrate_batch_norm``).
 
     Keras' moving averages lag the weights; validation loss measured with them swings by
-    points from epoch to epoch (measured: ``gap``'s best validation accuracy 74.5 % against
-    79.6 % test accuracy with precise statistics). Learning-rate schedules and early stopping
-    that watch it then act on noise: the first improved-recipe runs stopped ``gap`` after
-    8-9 epochs at 77.1 %, below the faithful recipe. Training itself is unchanged: in
+    points from epoch to epoch, and learning-rate schedules and early stopping that watch it
+    act on noise (docs/RESULTS.md, the improved recipe). Training itself is unchanged: in
     training mode BatchNorm normalises with batch statistics.
     """
 
@@ -138,12 +177,13 @@ def train_model(
 ) -> TrainingResult:
     """Fit ``model`` (compiled) for up to ``epochs``; return its history and timings."""
     reporter = EpochReporter(on_epoch or (lambda epoch, metrics: None), train_images)
+    callbacks = [*recipe_callbacks(recipe, calibration_data), reporter]
     started = time.perf_counter()
     history = model.fit(
         train_data,
         validation_data=validation_data,
         epochs=epochs,
-        callbacks=[*recipe_callbacks(recipe, calibration_data), reporter],
+        callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles (buffer 1000); Keras would only warn
         verbose=0,
     )
@@ -154,7 +194,62 @@ def train_model(
         train_images=train_images,
         epochs=len(reporter.epoch_seconds),  # fewer than asked when stopped early
         epoch_seconds=reporter.epoch_seconds,
+        reporting_seconds=reporter.reporting_seconds,
+        callbacks=[type(callback).__name__ for callback in callbacks],
     )
+
+
+def build_training_model(head: str, seed: int, config: RunConfig) -> keras.Model:
+    """A fresh, compiled model for (head, seed) with the run's settings, in a clean Keras
+    session (earlier models' graphs are freed: peak memory) and seeded random state."""
+    keras.backend.clear_session(free_memory=True)
+    keras.utils.set_random_seed(seed)
+    model = build_model(
+        head,
+        config.image_size,
+        seed,
+        precision=resolve_precision(config.precision).value,
+        batch_norm=config.batch_norm,
+    )
+    return compile_model(model, config.learning_rate)
+
+
+def fit_head(
+    model: keras.Model,
+    seed: int,
+    config: RunConfig,
+    cache_dir: str,
+    on_epoch: EpochLogger | None = None,
+) -> TrainingResult:
+    """Train ``model`` (from ``build_training_model``) on the cached train split, validating
+    on the validation split, with the run's recipe; then recompute BatchNorm's statistics
+    over training batches ("precise BN"), so the model that is scored and saved does not
+    carry Keras' lagging moving averages."""
+    train_images, train_labels = load_split(cache_dir, "train")
+    val_images, val_labels = load_split(cache_dir, "validation")
+    augment = augmenter(seed) if config.recipe == "improved" else None
+    # Unaugmented, in order: what the statistics are computed over (during and after fit).
+    calibration = make_dataset(train_images, train_labels, config.batch_size)
+    result = train_model(
+        model,
+        make_dataset(
+            train_images, train_labels, config.batch_size, shuffle_seed=seed, augment=augment
+        ),
+        make_dataset(val_images, val_labels, config.batch_size),
+        config.epochs,
+        train_images=len(train_labels),
+        on_epoch=on_epoch,
+        recipe=config.recipe,
+        calibration_data=calibration,
+    )
+    started = time.perf_counter()
+    result.recalibration_batches = recalibrate_batch_norm(model, calibration)
+    result.recalibration_seconds = time.perf_counter() - started
+    if augment is not None:  # evidence that the training batches were augmented
+        images = next(iter(calibration))[0]
+        changed = keras.ops.convert_to_numpy(augment(images, training=True))
+        result.augmentation_change = float(abs(changed - images.numpy()).mean())
+    return result
 
 
 def recalibrate_batch_norm(model: keras.Model, dataset, max_batches: int = 100) -> int:
@@ -162,9 +257,8 @@ def recalibrate_batch_norm(model: keras.Model, dataset, max_batches: int = 100) 
 
     Keras tracks them as exponential moving averages (momentum 0.99) starting from mean 0
     and variance 1: after few steps they still mostly reflect that start, and inference
-    with them collapses to one class (measured: 1 epoch on 486 photos, 51 % test accuracy
-    with the moving averages, 54-61 % with batch statistics). A forward pass in training
-    mode with momentum k / (k + 1) at batch k makes each statistic the plain mean over the
+    with them can collapse to one class (docs/RESULTS.md, precise BatchNorm). A forward
+    pass in training mode with momentum k / (k + 1) at batch k makes each statistic the plain mean over the
     first ``max_batches`` batches ("precise BN"). Weights are untouched. Returns the
     number of batches used.
     """

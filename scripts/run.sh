@@ -58,11 +58,11 @@ else
     echo "MLflow UI:         $MLFLOW_TRACKING_URI"
 fi
 if [[ "$status" == 0 ]]; then
-    # The flow logs where it wrote this run's plots; else name the folder they all go to.
+    # The parent MLflow run of this flow run names the folder its plots were written to.
     plots=""
-    if [[ -n "$flow_run_id" ]]; then
-        plots="$(.venv/bin/prefect flow-run logs "$flow_run_id" 2>/dev/null \
-            | grep -oE 'Plots and tables[^/]*(/[^ ]+)' | tail -n 1 | grep -oE '/[^ ]+$' || true)"
+    if [[ -n "$flow_run_id" && -n "$experiment_id" ]]; then
+        plots="$(.venv/bin/python scripts/output_dir.py "$flow_run_id" "$experiment_id" \
+            2>/dev/null || true)"
     fi
     echo "Plots and report:  ${plots:-$ROOT/outputs/} (also artifacts of the MLflow parent run)"
 fi

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -26,9 +26,6 @@ class PreparedRef:
     cache_hit: bool
     seconds: float
     skipped: list[dict] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def is_transient(task, task_run, state) -> bool:

@@ -13,7 +13,7 @@ one slot, so the champion always ends on the better model, never on whoever wrot
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 from prefect import task
@@ -27,7 +27,6 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from gap_models.data import load_split
 from gap_models.evaluation import evaluate_model
 from tasks import run_logger, tracking
-from tasks.evaluate import load_logged_model
 from tasks.train import TrainedRun
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -89,7 +88,7 @@ def promote_best(
     best_head: str,
     cache_dir: str,
     parent_run_id: str,
-) -> dict:
+) -> Promotion:
     """Register the best head's best seed as challenger; promote it if it beats the champion."""
     logger = run_logger()
     client = tracking.client()
@@ -106,7 +105,7 @@ def promote_best(
         promotion = _decide(client, name, candidate, challenger_accuracy, cache_dir)
     _record(client, parent_run_id, promotion)
     logger.info("Promotion: %s", promotion)
-    return asdict(promotion)
+    return promotion
 
 
 def _decide(client, name: str, candidate: TrainedRun, challenger_accuracy: float, cache_dir: str):
@@ -115,7 +114,7 @@ def _decide(client, name: str, candidate: TrainedRun, challenger_accuracy: float
     champion_accuracy = None
     if champion is not None:
         images, labels = load_split(cache_dir, "test")
-        champion_model = load_logged_model(f"models:/{name}@{CHAMPION}")
+        champion_model = tracking.load_logged_model(f"models:/{name}@{CHAMPION}")
         champion_accuracy = evaluate_model(champion_model, images, labels)["test_accuracy"]
     promote = champion_accuracy is None or challenger_accuracy > champion_accuracy
 
@@ -141,13 +140,27 @@ def _decide(client, name: str, candidate: TrainedRun, challenger_accuracy: float
 
 
 def _roll_back(client, name: str, version: str, champion) -> None:
-    """Undo a half-done registration: the new version goes, the old champion stays."""
-    try:
-        if champion is not None:
-            client.set_registered_model_alias(name, CHAMPION, champion.version)
-        client.delete_model_version(name, version)
-    except MlflowException:
-        pass
+    """Undo a half-done registration: the new version goes, the old champion stays. What
+    could not be undone is logged (the original error is re-raised by the caller)."""
+    steps = []
+    if champion is not None:
+        steps.append(
+            (
+                f"point {CHAMPION} back at version {champion.version}",
+                lambda: client.set_registered_model_alias(name, CHAMPION, champion.version),
+            )
+        )
+    steps.append((f"delete version {version}", lambda: client.delete_model_version(name, version)))
+    for description, step in steps:
+        try:
+            step()
+        except MlflowException as error:
+            run_logger().error(
+                "Registry roll-back of %s could not %s: %s; fix it by hand in the MLflow UI",
+                name,
+                description,
+                error,
+            )
 
 
 def _record(client, parent_run_id: str, promotion: Promotion) -> None:

@@ -7,14 +7,12 @@ FINISHED or FAILED, never left RUNNING.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -24,6 +22,8 @@ from mlflow.tracking import MlflowClient
 EXPERIMENT_NAME = "compare-heads"
 REGISTERED_MODEL_NAME = "cats-vs-dogs"
 SERVER_TIMEOUT_SECONDS = 10.0
+OUTPUT_DIR_TAG = "compare_heads.output_dir"
+"""Tag of a parent run: the local folder its plots and tables were written to."""
 
 
 def repo_root() -> Path:
@@ -111,6 +111,44 @@ def finish_run(mlflow_client: MlflowClient, run_id: str, failed: bool = False) -
     mlflow_client.set_terminated(run_id, status=status)
 
 
+@contextlib.contextmanager
+def closing_run(
+    mlflow_client: MlflowClient, run_id: str, finish_on_success: bool = True
+) -> Iterator[str]:
+    """Close the run FAILED if the block raises (any exception, a cancel or Ctrl-C
+    included), FINISHED when it ends, or leave it open for a later step
+    (``finish_on_success=False``: training hands its run to evaluation)."""
+    try:
+        yield run_id
+    except BaseException:
+        finish_run(mlflow_client, run_id, failed=True)
+        raise
+    if finish_on_success:
+        finish_run(mlflow_client, run_id)
+
+
+def log_keras_model(
+    mlflow_client: MlflowClient, run_id: str, model, sample, pip_requirements: list[str]
+) -> str:
+    """Log a Keras model with its signature (from ``sample`` inputs) to a run; return its
+    model URI, also kept as the run's ``model_uri`` tag (what resumption reuses)."""
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(sample.astype("float32"), model.predict(sample, verbose=0))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.keras.log_model(
+            model, name="model", signature=signature, pip_requirements=pip_requirements
+        )
+    mlflow_client.set_tag(run_id, "model_uri", info.model_uri)
+    return info.model_uri
+
+
+def load_logged_model(model_uri: str):
+    """Load a Keras model logged to MLflow (Keras safe mode on: no arbitrary code)."""
+    client()
+    return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})
+
+
 def run_url(run_id: str, experiment_id: str) -> str | None:
     """Link to a run in the MLflow UI when tracking goes to a server, else None."""
     uri = tracking_uri()
@@ -119,127 +157,7 @@ def run_url(run_id: str, experiment_id: str) -> str | None:
     return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-RUN_KEY_TAG = "compare_heads.run_key"
-RESUMED_TAG = "compare_heads.resumed_from_parent"
-
-
-def run_key(cache_dir: str, head: str, seed: int, training: dict[str, object]) -> str:
-    """Identity of one (head, seed) training: the data (cache folder = source fingerprint and
-    preprocessing settings), the head, the seed and every training setting."""
-    payload = json.dumps(
-        {"data": Path(cache_dir).name, "head": head, "seed": seed, **training}, sort_keys=True
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
-def find_resumable(
-    mlflow_client: MlflowClient,
-    experiment_id: str,
-    key: str,
-    is_active: Callable[[str], bool] = lambda flow_run_id: False,
-    current_flow_run_id: str = "",
-):
-    """A finished, evaluated child run with this key whose parent flow run did not finish
-    (it crashed, was killed or failed later): its results can be reused, not retrained.
-
-    A parent still RUNNING belongs to a flow run that may be alive (two runs of the same
-    settings at once): its children are only taken when Prefect says that flow run is over,
-    or its process on this host is gone."""
-    runs = mlflow_client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-    )
-    for run in runs:
-        parent_id = run.data.tags.get("mlflow.parentRunId")
-        if "test_accuracy" not in run.data.metrics or parent_id is None:
-            continue
-        parent = mlflow_client.get_run(parent_id)
-        if parent.info.status == "FINISHED":
-            continue
-        owner = parent.data.tags.get(FLOW_RUN_TAG, "")
-        alive = (
-            parent.info.status == "RUNNING"
-            and owner
-            and owner != current_flow_run_id
-            and not owner_is_dead(parent.data.tags)
-            and is_active(owner)
-        )
-        if not alive:
-            return run
-    return None
-
-
-def flow_run_is_active(flow_run_id: str) -> bool:
-    """Whether Prefect knows this flow run and it has not reached a final state."""
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        with get_client(sync_client=True) as prefect_client:
-            state = prefect_client.read_flow_run(UUID(flow_run_id)).state
-    except (ObjectNotFound, ValueError):
-        return False
-    return state is not None and not state.is_final()
-
-
-def adopt_run(mlflow_client: MlflowClient, run, parent_run_id: str) -> None:
-    """Move a reused child under the current parent, noting where it came from."""
-    previous = run.data.tags.get("mlflow.parentRunId", "")
-    mlflow_client.set_tag(run.info.run_id, RESUMED_TAG, previous)
-    mlflow_client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
-
-
-FLOW_RUN_TAG = "prefect.flow_run_id"
-
-
-OWNER_HOST_TAG, OWNER_PID_TAG = "compare_heads.host", "compare_heads.pid"
-
-
-def owner_tags() -> dict[str, str]:
-    """Which process writes a run: lets a later run on this host see that it died."""
-    return {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
-
-
-def owner_is_dead(tags: dict[str, str]) -> bool:
-    """True when the run's writer ran on this host and its process no longer exists."""
-    if tags.get(OWNER_HOST_TAG) != socket.gethostname():
-        return False
-    try:
-        os.kill(int(tags.get(OWNER_PID_TAG, "")), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, PermissionError):
-        return False
-    return False
-
-
-def fail_stale_runs(
-    mlflow_client: MlflowClient,
-    experiment_id: str,
-    current_flow_run_id: str,
-    is_active: Callable[[str], bool],
-) -> list[str]:
-    """Mark FAILED every RUNNING run whose Prefect flow run is over (or is this one being
-    retried: nothing of ours runs yet), or whose writing process on this host is gone (a
-    killed worker's flow run stays Running in Prefect until its heartbeat is missed). Such
-    runs are left by a killed worker or a lost tracking server; returns their ids."""
-    reaped = []
-    for run in mlflow_client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
-        tags = run.data.tags
-        flow_run_id = tags.get(FLOW_RUN_TAG)
-        if not flow_run_id:
-            continue
-        over = flow_run_id == current_flow_run_id or owner_is_dead(tags)
-        if not over and is_active(flow_run_id):
-            continue
-        mlflow_client.set_tag(
-            run.info.run_id,
-            "compare_heads.failure",
-            f"Prefect flow run {flow_run_id} ended without closing this run (found by a later run)",
-        )
-        finish_run(mlflow_client, run.info.run_id, failed=True)
-        reaped.append(run.info.run_id)
-    return reaped
+def test_metrics(mlflow_client: MlflowClient, run_id: str) -> dict[str, float]:
+    """The test metrics a run already holds (an adopted run was evaluated before)."""
+    metrics = mlflow_client.get_run(run_id).data.metrics
+    return {key: value for key, value in metrics.items() if key.startswith("test_")}

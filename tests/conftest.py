@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 # Set before Prefect is imported anywhere: no telemetry (no network here), quiet logs.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_mlflow_run(monkeypatch):
+    """Fail a test that leaves an MLflow run active, after ending it (MLflow's own suite does
+    this): a leaked run becomes the parent or target of the next test's logging.
+
+    Only this thread's active run is visible (MLflow keeps one per thread). Requesting
+    ``monkeypatch`` tears this down before the test's environment (its tracking URI) is
+    restored, so the run is ended in the store it lives in. MLflow is looked up, not
+    imported: if no test code imported it, no run can be open.
+    """
+    yield
+    active_run = getattr(sys.modules.get("mlflow"), "active_run", None)
+    if active_run is None:
+        return
+    leaked = []
+    while (run := active_run()) is not None and run.info.run_id not in leaked:
+        leaked.append(run.info.run_id)
+        sys.modules["mlflow"].end_run(status="KILLED")
+    if leaked:
+        pytest.fail(
+            f"test left MLflow run(s) {', '.join(leaked)} active (ended now as KILLED): "
+            "use `with mlflow.start_run(...)` or call mlflow.end_run()",
+            pytrace=False,
+        )
 
 
 @pytest.fixture

@@ -1,13 +1,22 @@
-"""Generated photo fixtures: small, learnable cats and dogs, and every kind of bad file."""
+"""Shared test helpers: generated photos (small, learnable cats and dogs, and every kind of
+bad file) and the MLflow look-ups the integration and end-to-end tiers both need."""
 
 from __future__ import annotations
 
 import io
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:  # MLflow only for the annotation: the unit tier need not import it
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+REGISTERED_MODEL = "cats-vs-dogs"
+"""The registered model SPEC §3 promises (a literal: the tests check the contract)."""
 
 
 def make_pet_image(
@@ -77,3 +86,18 @@ def bad_files(size: int = 64) -> dict[str, tuple[bytes, str | None]]:
         "cmyk.jpg": (jpeg_bytes(good.convert("CMYK")), None),
         "large.jpg": (jpeg_bytes(large, quality=50), None),
     }
+
+
+def child_runs(
+    client: MlflowClient, experiment_id: str, parent_run_id: str
+) -> dict[tuple[str, int], Run]:
+    """The child runs of an MLflow parent run, keyed by (head, seed) from their params.
+
+    Two children for one (head, seed) fail the test rather than hide in the dictionary.
+    """
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
+    keyed = {(run.data.params["head"], int(run.data.params["seed"])): run for run in runs}
+    assert len(keyed) == len(runs), f"duplicate (head, seed) children of {parent_run_id}"
+    return keyed

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from tests.fixtures import child_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -139,6 +142,11 @@ def parent_run_of(services: Services, flow_run: FlowRunResult):
     parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     assert len(parents) == 1, f"expected one parent run for flow run {flow_run.flow_run_id}"
     return parents[0]
+
+
+def child_runs_of(services: Services, parent: Run) -> dict[tuple[str, int], Run]:
+    """The child runs of a parent run, keyed by (head, seed)."""
+    return child_runs(mlflow_client(services), parent.info.experiment_id, parent.info.run_id)
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:

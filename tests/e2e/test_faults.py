@@ -20,6 +20,7 @@ from tests.e2e.harness import (
     ON_DEMAND,
     SERVICES_SCRIPT,
     Services,
+    child_runs_of,
     flow_run_state,
     kill_tree,
     mlflow_client,
@@ -29,10 +30,10 @@ from tests.e2e.harness import (
     wait_for,
     wait_for_final_state,
 )
+from tests.fixtures import REGISTERED_MODEL
 
 pytestmark = pytest.mark.e2e
 
-REGISTERED_MODEL = "cats-vs-dogs"
 SMALL = {"image_size": 40, "batch_size": 16}
 
 
@@ -69,13 +70,6 @@ def parent_of(services: Services, flow_run_id: str):
     return parent
 
 
-def children_of(services: Services, parent) -> list:
-    return mlflow_client(services).search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-    )
-
-
 def running_runs(services: Services) -> list:
     client = mlflow_client(services)
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
@@ -110,7 +104,7 @@ def test_two_simultaneous_runs_both_complete_and_one_champion_wins(fault_service
     assert parents[0].info.run_id != parents[1].info.run_id
     for parent in parents:
         assert parent.info.status == "FINISHED"
-        [child] = children_of(fault_services, parent)
+        [child] = child_runs_of(fault_services, parent).values()
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     # One preprocessing result, complete, no temporary folder left behind.
@@ -155,7 +149,7 @@ def test_worker_killed_mid_training_rerun_reuses_finished_work(fault_services, p
     assert rerun.returncode == 0, f"{rerun.output[-6000:]}\n{fault_services.logs()}"
     parent = parent_of(fault_services, rerun.flow_run_id)
     assert parent.data.metrics["preprocess_cache_hit"] == 1.0
-    children = {run.data.tags["head"]: run for run in children_of(fault_services, parent)}
+    children = {head: run for (head, _seed), run in child_runs_of(fault_services, parent).items()}
     assert set(children) == {"gap", "fc"}
     # gap had finished before the kill: its run is adopted, not retrained.
     assert children["gap"].info.run_id == finished_gap.info.run_id

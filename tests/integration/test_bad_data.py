@@ -28,10 +28,10 @@ def test_defective_archive_completes_with_exact_skip_counts(
         source=str(archive), image_size=32, batch_size=16, epochs=1, heads=["gap"], promote=False
     )
     expected = {name: reason for name, (_, reason) in bad_files().items() if reason}
-    assert summary["skipped_images"] == len(expected) == 4
-    assert summary["images_used"] == 120 + len(bad_files()) - len(expected)
+    assert summary.skipped_images == len(expected) == 4
+    assert summary.images_used == 120 + len(bad_files()) - len(expected)
     client = MlflowClient(uri)
-    parent = client.get_run(summary["parent_run_id"])
+    parent = client.get_run(summary.parent_run_id)
     assert parent.data.metrics["skipped_images"] == 4
     assert parent.data.metrics["skipped_not_an_image"] == 2
     assert parent.data.metrics["skipped_empty_file"] == 1

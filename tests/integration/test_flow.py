@@ -14,8 +14,9 @@ from mlflow.tracking import MlflowClient
 from flows.compare_heads import compare_heads
 from gap_models import HEAD_NAMES
 from gap_models.data import load_split
-from tasks.evaluate import load_logged_model
-from tests.fixtures import make_pet_images, zip_folder
+from gap_models.hardware import detect, resolve_precision
+from tasks.tracking import load_logged_model
+from tests.fixtures import REGISTERED_MODEL, child_runs, make_pet_images, zip_folder
 
 pytestmark = pytest.mark.integration
 
@@ -49,17 +50,9 @@ def flow_result(tmp_path_factory, prefect_harness):
         yield summary, MlflowClient(env["MLFLOW_TRACKING_URI"]), archive
 
 
-def children(client, summary):
-    parent = summary["parent_run_id"]
-    runs = client.search_runs(
-        [summary["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
-    )
-    return {(run.data.params["head"], int(run.data.params["seed"])): run for run in runs}
-
-
 def test_parent_run_has_params_counts_and_plots(flow_result):
     summary, client, _ = flow_result
-    parent = client.get_run(summary["parent_run_id"])
+    parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["epochs"] == str(EPOCHS)
     assert parent.data.metrics["images_used"] == 120
@@ -72,7 +65,7 @@ def test_parent_run_has_params_counts_and_plots(flow_result):
 
 def test_parent_run_has_the_time_breakdown(flow_result):
     summary, client, _ = flow_result
-    metrics = client.get_run(summary["parent_run_id"]).data.metrics
+    metrics = client.get_run(summary.parent_run_id).data.metrics
     phases = {name: metrics[f"phase_seconds_{name}"] for name in
               ("download", "preprocess", "train", "evaluate", "compare", "promote")}  # fmt: skip
     assert all(seconds >= 0 for seconds in phases.values())
@@ -88,7 +81,7 @@ def test_parent_run_has_the_time_breakdown(flow_result):
 
 def test_one_child_per_head_with_spec_params_and_metrics(flow_result):
     summary, client, _ = flow_result
-    runs = children(client, summary)
+    runs = child_runs(client, summary.experiment_id, summary.parent_run_id)
     assert sorted(runs) == sorted((head, seed) for head in HEAD_NAMES for seed in SEEDS)
     expected_params = {"fc": 692197, "fc_dropout": 692197, "gap": 28961, "avgpool": 30497}
     for (head, seed), run in runs.items():
@@ -97,7 +90,7 @@ def test_one_child_per_head_with_spec_params_and_metrics(flow_result):
         assert params["seed"] == str(seed) and params["epochs"] == str(EPOCHS)
         assert params["batch_size"] == "16" and params["image_size"] == "40"
         assert float(params["learning_rate"]) == 0.001
-        # at 40 px the head's map is 3x3, so only the back-ends without Flatten match 100 px
+        # at 40 px the backbone's map is 3x3, so only the heads without Flatten match 100 px
         if head in ("gap",):
             assert int(params["trainable_params"]) == expected_params[head]
         metrics = run.data.metrics
@@ -109,7 +102,13 @@ def test_one_child_per_head_with_spec_params_and_metrics(flow_result):
         assert metrics["train_images_per_second"] > 0
         # Per-epoch tracking is timed; it is a small part of the fit it reports on.
         assert 0 < metrics["epoch_logging_seconds"] < metrics["train_seconds"]
-        assert params["precision"] == "mixed_bfloat16" and params["batch_norm"] == "fused"
+        # precision "auto" resolved on this machine, with the reason and the CPU it saw
+        assert params["precision"] == resolve_precision("auto").value
+        assert params["precision_reason"].startswith("auto:") and params["batch_norm"] == "fused"
+        assert params["cpu_flags"] == detect().reported_flags()
+        # The faithful recipe: nothing but the epoch reporter inside fit, no augmentation.
+        assert params["callbacks"] == "EpochReporter"
+        assert metrics["augmentation_mean_abs_change"] == 0 and metrics["epochs_run"] == EPOCHS
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             history = client.get_metric_history(run.info.run_id, key)
             assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), (head, key)
@@ -118,9 +117,9 @@ def test_one_child_per_head_with_spec_params_and_metrics(flow_result):
 def test_logged_model_loads_and_reproduces_its_test_score(flow_result):
     """The MLflow model loads back and scores the cached test split as the run logged."""
     summary, client, _ = flow_result
-    run = children(client, summary)[("gap", 0)]
+    run = child_runs(client, summary.experiment_id, summary.parent_run_id)[("gap", 0)]
     model = load_logged_model(run.data.tags["model_uri"])
-    images, labels = load_split(summary["cache_dir"], "test")
+    images, labels = load_split(summary.cache_dir, "test")
     probabilities = model.predict(images, verbose=0).reshape(-1)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
     accuracy = float(np.mean((probabilities >= 0.5) == (labels == 1)))
@@ -129,9 +128,9 @@ def test_logged_model_loads_and_reproduces_its_test_score(flow_result):
 
 def test_plots_and_tables_written_locally(flow_result):
     summary, _, _ = flow_result
-    out = Path(summary["output_dir"])
+    out = Path(summary.output_dir)
     for name in PLOTS:
-        assert (out / name).stat().st_size > 10_000, name
+        assert (out / "plots" / name).stat().st_size > 10_000, name
     table = (out / "summary.csv").read_text().splitlines()
     assert table[0].startswith("head,seeds,trainable_params,test_accuracy")
     assert [line.split(",")[0] for line in table[1:]] == list(HEAD_NAMES)
@@ -144,21 +143,21 @@ def test_plots_and_tables_written_locally(flow_result):
 
 def test_champion_registered(flow_result):
     summary, client, _ = flow_result
-    assert summary["promotion"]["decision"] == "promoted"
-    version = client.get_model_version_by_alias("cats-vs-dogs", "champion")
-    assert str(version.version) == summary["promotion"]["version"]
+    assert summary.promotion.decision == "promoted"
+    version = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    assert str(version.version) == summary.promotion.version
 
 
 def test_second_run_reuses_cache(flow_result, monkeypatch):
     """Same data and settings: preprocessing is a cache hit (decoding never called)."""
     _, _, archive = flow_result
-    import gap_models.data as data
+    import gap_models.data.cache
     from tasks.data import preprocess
 
     def fail(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data, "_decode_selected", fail)
+    monkeypatch.setattr(gap_models.data.cache, "decode_selected", fail)
     ref = preprocess.fn(str(archive), 40, [80, 10, 10], None)
     assert ref.cache_hit and ref.images_used == 120
     images, labels = load_split(ref.cache_dir, "test")
@@ -178,7 +177,7 @@ def test_cli_predict_classifies_with_the_champion_and_reports_bad_files(flow_res
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
     files = sorted(photos.rglob("*.jpg")) + [broken]
-    result = _cli("predict", *map(str, files), env={"MLFLOW_TRACKING_URI": summary["tracking_uri"]})
+    result = _cli("predict", *map(str, files), env={"MLFLOW_TRACKING_URI": summary.tracking_uri})
     assert result.returncode == 1, result.stderr  # one file failed, the others were classified
     lines = dict(line.split("\t", 1) for line in result.stdout.strip().splitlines())
     assert lines[str(broken)].startswith("error\tnot_an_image")
@@ -193,3 +192,5 @@ def test_cli_run_refuses_bad_parameters_before_any_work(tmp_path):
     result = _cli("run", "--source", str(tmp_path), "--epochs", "0", "--head", "mlp", env={})
     assert result.returncode == 2
     assert "epochs" in result.stderr and "heads: unknown ['mlp']" in result.stderr
+    # Refused by RunConfig before the flow is called: no temporary Prefect server started.
+    assert "temporary server" not in (result.stdout + result.stderr).lower()

@@ -19,11 +19,19 @@ def test_improved_recipe_is_logged(tmp_path, tracking_uri, prefect_harness):
         recipe="improved",
     )  # fmt: skip
     client = MlflowClient(uri)
-    assert client.get_run(summary["parent_run_id"]).data.params["recipe"] == "improved"
+    assert client.get_run(summary.parent_run_id).data.params["recipe"] == "improved"
     (child,) = client.search_runs(
-        [summary["experiment_id"]], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'"
+        [summary.experiment_id], f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
     )
     assert child.data.params["recipe"] == "improved"
-    assert "promotion" not in summary
+    # It really ran: the recipe's callbacks were inside fit, and the training batches changed.
+    assert child.data.params["callbacks"] == (
+        "PreciseBatchNormValidation,ReduceLROnPlateau,EarlyStopping,EpochReporter"
+    )
+    assert child.data.metrics["augmentation_mean_abs_change"] > 1.0  # pixels of 0-255
+    epochs_run = int(child.data.metrics["epochs_run"])
+    history = client.get_metric_history(child.info.run_id, "val_loss")
+    assert 1 <= epochs_run <= 2 and len(history) == epochs_run
+    assert summary.promotion is None
     with pytest.raises(Exception, match="recipe"):
         compare_heads(source=source, recipe="fast")

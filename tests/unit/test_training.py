@@ -99,6 +99,38 @@ def test_improved_recipe_augments_and_stops_early():
     assert not np.array_equal(np.asarray(batch[0]).astype(np.uint8).sum(), images.sum())
 
 
+def test_early_stopping_ends_the_run_before_the_epoch_limit():
+    """Validation labels are the training labels inverted: the better the model fits, the
+    worse validation gets, so validation loss stops improving at once and the improved
+    recipe's early stopping (patience 3) ends the fit long before the limit."""
+    from gap_models.training import recipe_callbacks
+
+    images, labels = _tiny_set(48, size=32)
+    epoch_limit = 20
+    model = compile_model(build_model("gap", image_size=32, seed=0), learning_rate=0.01)
+    seen: list[int] = []
+    result = train_model(
+        model,
+        make_dataset(images, labels, 16, shuffle_seed=0),
+        make_dataset(images, 1 - labels, 16),
+        epochs=epoch_limit,
+        train_images=len(labels),
+        on_epoch=lambda epoch, metrics: seen.append(epoch),
+        recipe="improved",
+        calibration_data=make_dataset(images, labels, 16),
+    )
+    assert result.epochs < epoch_limit
+    val_loss = result.history["val_loss"]
+    # Keras' rule: stop once `patience` epochs in a row fail to beat the best val_loss.
+    [stopping] = [
+        c for c in recipe_callbacks("improved") if isinstance(c, keras.callbacks.EarlyStopping)
+    ]
+    assert result.epochs == int(np.argmin(val_loss)) + 1 + stopping.patience, val_loss
+    assert len(val_loss) == len(result.epoch_seconds) == result.epochs
+    assert seen == list(range(1, result.epochs + 1))
+    assert result.history["loss"][-1] < result.history["loss"][0]  # training did learn
+
+
 def test_precise_batch_norm_replaces_lagging_moving_statistics():
     """After a few steps the moving averages still sit near their start (0, 1); after
     recalibration they equal the mean of the batch statistics."""

@@ -1,0 +1,118 @@
+"""The comparison, written to one folder: summary tables, statistics and claims (report.md),
+the plots, and the class activation maps of the best ``gap`` model.
+
+``write_report`` is the one place that decides what a comparison contains; the compare task
+fetches the runs' results from the tracker, calls it, and uploads the folder as it is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from gap_models.analysis import class_activation_maps
+from gap_models.claims import claims_markdown, report_markdown, statistics_markdown
+from gap_models.data import load_split
+from gap_models.report import (
+    RunResult,
+    best_head,
+    plot_cam_grid,
+    plot_curves,
+    plot_generalization_gap,
+    plot_test_accuracy,
+    plot_translation,
+    summarize,
+    summary_csv,
+    summary_markdown,
+)
+
+ModelLoader = Callable[[str], object]
+"""Loads a logged model from its URI (the tracking layer supplies it)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``write_report`` wrote and decided."""
+
+    out_dir: Path
+    rows: list[dict]
+    best_head: str
+    summary_table: str
+    plot_seconds: float
+    cam_model_uri: str | None
+
+
+def best_seed(results: list[RunResult], head: str) -> RunResult | None:
+    """The run of ``head`` with the highest test accuracy (None when the head did not run)."""
+    runs = [result for result in results if result.head == head]
+    return max(runs, key=lambda result: result.test_metrics["test_accuracy"], default=None)
+
+
+def cam_figure(model, cache_dir: str, per_class: int = 4) -> Figure:
+    """Class activation maps of a ``gap`` model on the first test photos of each class."""
+    images, labels = load_split(cache_dir, "test")
+    chosen = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in (0, 1)])
+    probabilities = model.predict(images[chosen], verbose=0).reshape(-1)
+    cams = class_activation_maps(model, images[chosen])
+    return plot_cam_grid(images[chosen], cams, labels[chosen], probabilities)
+
+
+def draw_figures(
+    results: list[RunResult], rows: list[dict], cache_dir: str, load_model: ModelLoader | None
+) -> tuple[dict[str, Figure], str | None]:
+    """Every plot of the comparison by file name, and the model the CAM grid shows."""
+    figures = {
+        "accuracy_curves.png": plot_curves(results, "accuracy"),
+        "loss_curves.png": plot_curves(results, "loss"),
+        "test_accuracy_vs_params.png": plot_test_accuracy(rows),
+        "generalization_gap.png": plot_generalization_gap(results),
+        "translation_robustness.png": plot_translation(results),
+    }
+    gap = best_seed(results, "gap")
+    if gap is None or load_model is None or not gap.model_uri:
+        return figures, None
+    figures["cam_grid.png"] = cam_figure(load_model(gap.model_uri), cache_dir)
+    return figures, gap.model_uri
+
+
+def write_report(
+    results: list[RunResult],
+    out_dir: str | Path,
+    cache_dir: str,
+    load_model: ModelLoader | None = None,
+) -> Report:
+    """Write ``plots/*.png``, ``summary.csv``, ``summary.md`` and ``report.md`` to
+    ``out_dir``; ``load_model`` (a URI -> model function) enables the CAM grid."""
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    rows = summarize(results)
+    started = time.perf_counter()
+    figures, cam_model = draw_figures(results, rows, cache_dir, load_model)
+    plot_seconds = time.perf_counter() - started
+    for name, figure in figures.items():
+        figure.savefig(out / "plots" / name, dpi=110)
+    table = summary_markdown(rows)
+    (out / "summary.csv").write_text(summary_csv(rows))
+    (out / "summary.md").write_text(table)
+    (out / "report.md").write_text(report_markdown(results, table))
+    return Report(out, rows, best_head(rows), table, plot_seconds, cam_model)
+
+
+def overview_markdown(results: list[RunResult], report: Report, links: dict[str, str]) -> str:
+    """The short version for a dashboard: table (heads linked), winner, statistics, claims."""
+    return "\n".join(
+        [
+            "# compare-heads",
+            "",
+            summary_markdown(report.rows, links),
+            f"Best head by mean test accuracy: **{report.best_head}**.",
+            "",
+            statistics_markdown(results),
+            claims_markdown(results),
+        ]
+    )

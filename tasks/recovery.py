@@ -1,0 +1,191 @@
+"""Recovery: what a later flow run needs to resume or clean up after an interrupted one.
+
+Every child run carries a key (its data, head, seed and training settings) and the flow run
+and process that write it. A new flow run adopts finished children of an interrupted one
+with the same key instead of retraining them, and closes runs whose writer is gone, so no
+run is left RUNNING after a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from tasks.tracking import finish_run
+
+RUN_KEY_TAG = "compare_heads.run_key"
+RESUMED_TAG = "compare_heads.resumed_from_parent"
+FLOW_RUN_TAG = "prefect.flow_run_id"
+
+
+def run_key(cache_dir: str, head: str, seed: int, training: dict[str, object]) -> str:
+    """Identity of one (head, seed) training: the data (cache folder = source fingerprint and
+    preprocessing settings), the head, the seed and every training setting."""
+    payload = json.dumps(
+        {"data": Path(cache_dir).name, "head": head, "seed": seed, **training}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def find_resumable(
+    mlflow_client: MlflowClient,
+    experiment_id: str,
+    key: str,
+    is_active: Callable[[str], bool] = lambda flow_run_id: False,
+    current_flow_run_id: str = "",
+):
+    """A finished, evaluated child run with this key whose parent flow run did not finish
+    (it crashed, was killed or failed later): its results can be reused, not retrained.
+
+    A parent still RUNNING belongs to a flow run that may be alive (two runs of the same
+    settings at once): its children are only taken when Prefect says that flow run is over,
+    or its process on this host is gone."""
+    runs = mlflow_client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in runs:
+        parent_id = run.data.tags.get("mlflow.parentRunId")
+        if "test_accuracy" not in run.data.metrics or parent_id is None:
+            continue
+        parent = mlflow_client.get_run(parent_id)
+        if parent.info.status == "FINISHED":
+            continue
+        owner = parent.data.tags.get(FLOW_RUN_TAG, "")
+        alive = (
+            parent.info.status == "RUNNING"
+            and owner
+            and owner != current_flow_run_id
+            and not owner_is_dead(parent.data.tags)
+            and is_active(owner)
+        )
+        if not alive:
+            return run
+    return None
+
+
+def flow_run_is_active(flow_run_id: str) -> bool:
+    """Whether Prefect knows this flow run and it has not reached a final state."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as prefect_client:
+            state = prefect_client.read_flow_run(UUID(flow_run_id)).state
+    except (ObjectNotFound, ValueError):
+        return False
+    return state is not None and not state.is_final()
+
+
+def adopt_run(mlflow_client: MlflowClient, run, parent_run_id: str) -> None:
+    """Move a reused child under the current parent, noting where it came from."""
+    previous = run.data.tags.get("mlflow.parentRunId", "")
+    mlflow_client.set_tag(run.info.run_id, RESUMED_TAG, previous)
+    mlflow_client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
+
+
+OWNER_HOST_TAG, OWNER_PID_TAG = "compare_heads.host", "compare_heads.pid"
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process writes a run: lets a later run on this host see that it died."""
+    return {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
+
+
+def owner_is_dead(tags: dict[str, str]) -> bool:
+    """True when the run's writer ran on this host and its process no longer exists."""
+    if tags.get(OWNER_HOST_TAG) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(tags.get(OWNER_PID_TAG, "")), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False
+
+
+def fail_stale_runs(
+    mlflow_client: MlflowClient,
+    experiment_id: str,
+    current_flow_run_id: str,
+    is_active: Callable[[str], bool],
+) -> list[str]:
+    """Mark FAILED every RUNNING run whose Prefect flow run is over (or is this one being
+    retried: nothing of ours runs yet), or whose writing process on this host is gone (a
+    killed worker's flow run stays Running in Prefect until its heartbeat is missed). Such
+    runs are left by a killed worker or a lost tracking server; returns their ids."""
+    reaped = []
+    for run in mlflow_client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        flow_run_id = tags.get(FLOW_RUN_TAG)
+        if not flow_run_id:
+            continue
+        over = flow_run_id == current_flow_run_id or owner_is_dead(tags)
+        if not over and is_active(flow_run_id):
+            continue
+        mlflow_client.set_tag(
+            run.info.run_id,
+            "compare_heads.failure",
+            f"Prefect flow run {flow_run_id} ended without closing this run (found by a later run)",
+        )
+        finish_run(mlflow_client, run.info.run_id, failed=True)
+        reaped.append(run.info.run_id)
+    return reaped
+
+
+def current_flow_run_id() -> str:
+    """The Prefect flow run this code runs in ("" outside one)."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.get_id() or "")
+
+
+def adopt_finished_run(
+    mlflow_client: MlflowClient, experiment_id: str, key: str, parent_run_id: str
+):
+    """The finished child run with this key of an interrupted flow run, moved under
+    ``parent_run_id`` (None when there is none: train it)."""
+    previous = find_resumable(
+        mlflow_client,
+        experiment_id,
+        key,
+        is_active=flow_run_is_active,
+        current_flow_run_id=current_flow_run_id(),
+    )
+    if previous is not None:
+        adopt_run(mlflow_client, previous, parent_run_id)
+    return previous
+
+
+def create_child_run(
+    mlflow_client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    head: str,
+    seed: int,
+    key: str,
+) -> str:
+    """A new child run for (head, seed) under the parent, tagged with its key and writer."""
+    run = mlflow_client.create_run(
+        experiment_id,
+        run_name=f"{head}-seed{seed}",
+        tags={
+            "mlflow.parentRunId": parent_run_id,
+            "head": head,
+            "seed": str(seed),
+            RUN_KEY_TAG: key,
+            FLOW_RUN_TAG: current_flow_run_id(),
+            **owner_tags(),
+        },
+    )
+    return run.info.run_id
