@@ -1,7 +1,7 @@
 """Where a training step goes: each conv block's convolution against its BatchNorm + ReLU +
 max-pool, Keras' unfused BatchNorm against TensorFlow's fused kernel, float32 and bfloat16.
 
-Forward + backward of one batch of 64 at the shapes of the shared head (100 px input),
+Forward + backward of one batch of 64 at the shapes of the article's backbone (100 px input),
 mean over 20 repeats after a warm-up call.
 
     .venv/bin/python benchmarks/batchnorm_ops.py
