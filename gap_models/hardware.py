@@ -1,6 +1,6 @@
 """What this machine computes fast, and the settings that follow from it.
 
-Some levers pay on one CPU and cost on another: ``mixed_bfloat16`` trains about 1.9x faster
+Some levers pay on one CPU and cost on another: ``mixed_bfloat16`` trains 1.7-1.9x faster
 than float32 where the CPU has native bfloat16 instructions (x86 AVX512_BF16 or AMX) and
 3.5x *slower* where it has only AVX2 (docs/RESULTS.md, performance). ``precision="auto"``
 resolves here, from the flags the CPU reports, so a default never depends on the machine it

@@ -222,3 +222,19 @@ def backbone_layer_names(model: keras.Model) -> list[str]:
 def trainable_params(model: keras.Model) -> int:
     """Number of trainable scalars (what the article's parameter claim is about)."""
     return int(sum(keras.ops.size(weight) for weight in model.trainable_weights))
+
+
+def with_stock_layers(model: keras.Model) -> keras.Model:
+    """The same model, weights and outputs, with every ``FusedBatchNormalization`` replaced
+    by Keras' own ``BatchNormalization`` (identical config and variables; the fused layer
+    differs only in how it trains). What gets logged and served: any Keras or MLflow
+    process can load it without importing this package."""
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, FusedBatchNormalization):
+            return layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    stock = keras.models.clone_model(model, clone_function=clone)
+    stock.set_weights(model.get_weights())
+    return stock

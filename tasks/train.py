@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 
 from gap_models.config import RunConfig
 from gap_models.data import load_split
-from gap_models.models import trainable_params
+from gap_models.models import trainable_params, with_stock_layers
 from gap_models.training import build_training_model, describe_epoch, fit_head
 from tasks import recovery, run_logger, tracking
 
@@ -88,7 +88,8 @@ def train_head(
         tracking.log_metrics(client, run_id, result.final_metrics())
         tracking.log_params(client, run_id, {"callbacks": ",".join(result.callbacks)})
         sample = load_split(cache_dir, "validation")[0][:2]
-        model_uri = tracking.log_keras_model(client, run_id, model, sample, _pip_requirements())
+        stock = with_stock_layers(model)  # loadable by any Keras / MLflow process
+        model_uri = tracking.log_keras_model(client, run_id, stock, sample, _pip_requirements())
     logger.info(
         "%s seed %d: %.0f images/s; model %s", head, seed, result.images_per_second, model_uri
     )

@@ -126,6 +126,29 @@ def test_logged_model_loads_and_reproduces_its_test_score(flow_result):
     assert accuracy == pytest.approx(run.data.metrics["test_accuracy"])
 
 
+def test_logged_model_loads_in_a_python_that_never_imported_this_project(flow_result, tmp_path):
+    """mlflow.pyfunc, in a fresh process without gap_models: stock Keras layers only."""
+    summary, client, _ = flow_result
+    run = child_runs(client, summary.experiment_id, summary.parent_run_id)[("fc", 0)]
+    images, _ = load_split(summary.cache_dir, "test")
+    np.save(tmp_path / "images.npy", np.asarray(images[:8], dtype=np.float32))
+    script = (
+        "import sys, numpy as np, mlflow\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "assert 'gap_models' not in sys.modules\n"
+        "np.save(sys.argv[3], np.asarray(model.predict(np.load(sys.argv[2]))))\n"
+    )
+    out = tmp_path / "out.npy"
+    done = subprocess.run(
+        [sys.executable, "-c", script, run.data.tags["model_uri"], str(tmp_path / "images.npy"), str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": summary.tracking_uri},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = load_logged_model(run.data.tags["model_uri"]).predict(images[:8], verbose=0)
+    np.testing.assert_allclose(np.load(out).reshape(-1), expected.reshape(-1), atol=1e-6)
+
+
 def test_plots_and_tables_written_locally(flow_result):
     summary, _, _ = flow_result
     out = Path(summary.output_dir)
@@ -194,3 +217,15 @@ def test_cli_run_refuses_bad_parameters_before_any_work(tmp_path):
     assert "epochs" in result.stderr and "heads: unknown ['mlp']" in result.stderr
     # Refused by RunConfig before the flow is called: no temporary Prefect server started.
     assert "temporary server" not in (result.stdout + result.stderr).lower()
+
+
+def test_cli_cams_draws_the_maps_of_a_logged_gap_model(flow_result, tmp_path):
+    summary, client, archive = flow_result
+    run = child_runs(client, summary.experiment_id, summary.parent_run_id)[("gap", 1)]
+    out = tmp_path / "cams.png"
+    result = _cli(
+        "cams", run.data.tags["model_uri"], "--source", str(archive), "--image-size", "40",
+        "--per-class", "2", "--out", str(out), env={"MLFLOW_TRACKING_URI": summary.tracking_uri},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.stat().st_size > 10_000 and "2 cats and 2 dogs" in result.stdout

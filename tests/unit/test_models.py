@@ -170,3 +170,33 @@ def test_bad_precision_or_batch_norm_is_refused():
         build_model("gap", precision="float16")
     with pytest.raises(ValueError, match="batch_norm 'sync'.*allowed"):
         build_model("gap", batch_norm="sync")
+
+
+def test_stock_layer_copy_loads_without_this_package_and_predicts_the_same(tmp_path):
+    """What gets logged: no FusedBatchNormalization, identical outputs, and a Python that
+    never imports gap_models loads it with plain Keras in safe mode."""
+    import subprocess
+    import sys
+
+    from gap_models.models import FusedBatchNormalization, with_stock_layers
+
+    model = build_model("fc_dropout", image_size=40, seed=0, precision="mixed_bfloat16")
+    images = np.random.default_rng(0).integers(0, 255, (6, 40, 40, 3)).astype(np.uint8)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.fit(images, np.array([0, 1] * 3, dtype=np.float32), epochs=1, verbose=0)
+    stock = with_stock_layers(model)
+    assert not any(isinstance(layer, FusedBatchNormalization) for layer in stock.layers)
+    expected = model.predict(images, verbose=0)
+    np.testing.assert_array_equal(stock.predict(images, verbose=0), expected)
+    stock.save(tmp_path / "model.keras")
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys, numpy as np, keras\n"
+        "m = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
+        "assert 'gap_models' not in sys.modules\n"
+        "np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))\n"
+    )
+    paths = [str(tmp_path / name) for name in ("model.keras", "images.npy", "out.npy")]
+    done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(paths[2]), expected, atol=1e-6)
