@@ -3,8 +3,9 @@
 #
 #   make run [PARAMS='{"epochs": 1}']   services, deployments, one watched flow run, links
 #   make test                            every test tier (unit, integration, e2e)
-#   make up | down | status              the MLflow server, Prefect server and worker
-#   make deploy                          (re)apply the deployments in prefect.yaml
+#   make up | down | status              the MLflow server, Prefect server, worker (up also
+#                                        applies the deployments)
+#   make deploy                          the same as make up (kept for habit)
 #   make lint                            ruff
 #
 # Ports: MLFLOW_PORT (5000) and PREFECT_PORT (4200), read from the environment by
@@ -35,8 +36,11 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
 	@touch $@
 
+# Services and the deployments of prefect.yaml (both idempotent): after `make up`,
+# `.venv/bin/prefect deployment run compare-heads/compare-heads` finds its deployment.
 up: venv
 	scripts/services.sh up
+	scripts/services.sh deploy
 
 down:
 	scripts/services.sh down
@@ -46,7 +50,6 @@ status:
 	@scripts/services.sh status || true
 
 deploy: up
-	scripts/services.sh deploy
 
 run: venv
 	scripts/run.sh

@@ -10,7 +10,7 @@ one variant's graphs and allocator state never leak into the next. Repeats are i
 drift hits every variant alike.
 
 Variants (the same photos and models; batch 64 and shuffle buffer 1000 unless named):
-  article          decode JPEG, cast, /255, resize on every epoch (SPEC §1), float32, Keras
+  article          decode JPEG, cast, /255, resize on every epoch (the notebook), float32, Keras
                    BatchNormalization: the notebook's pipeline
   faithful         the article's arithmetic (float32, Keras BN) on the cached uint8 pipeline
   default          what the flow runs by default: precision=auto (resolved here), fused BN
@@ -91,7 +91,7 @@ def select(source: str, train_count: int, val_count: int, image_size: int, out: 
 
 
 def article_dataset(encoded, labels, image_size: int, batch_size: int, shuffle: bool):
-    """SPEC §1's pipeline, as the notebook ran it: all work repeated every epoch."""
+    """The notebook's input pipeline: all work repeated every epoch."""
     import tensorflow as tf
 
     def preprocess(data, label):

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # MLflow only for the annotation: the unit tier need not impo
     from mlflow.entities import Run
 
 REGISTERED_MODEL = "cats-vs-dogs"
-"""The registered model SPEC §3 promises (a literal: the tests check the contract)."""
+"""The registered model name the README promises (a literal: the tests check the contract)."""
 
 
 def make_pet_image(

@@ -79,7 +79,7 @@ class Services:
         return self.run(VENV_BIN / "prefect", *args, timeout=timeout)
 
     def run_deployment(self, name: str, params: dict) -> FlowRunResult:
-        """Start a run of a deployment and watch it to the end, as documented in SPEC §3."""
+        """Start a run of a deployment and watch it to the end, as the README documents it."""
         completed = self.prefect(
             "deployment", "run", name,
             "--params", json.dumps(params),

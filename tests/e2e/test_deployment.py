@@ -1,4 +1,4 @@
-"""The SPEC §3 contract through real services: deployments, MLflow records, registry, CLI.
+"""The documented contract (README: names, parameters, records) through real services: deployments, MLflow records, registry, CLI.
 
 Tests run in file order: the ones reading the shared first run come before the one that
 adds a second (challenger) run.
@@ -30,8 +30,8 @@ from tests.fixtures import REGISTERED_MODEL
 
 pytestmark = pytest.mark.e2e
 
-# Flow parameters and their defaults as SPEC §3 names them.
-SPEC_DEFAULTS = {
+# Flow parameters and their defaults as the README names them (the contract users rely on).
+DOCUMENTED_DEFAULTS = {
     "source": "tfds:cats_vs_dogs",
     "image_size": 100,
     "batch_size": 64,
@@ -75,10 +75,10 @@ def test_deployments_mirror_prefect_yaml(services: Services):
     on_demand = inspect_deployment(services, ON_DEMAND)
     assert on_demand["entrypoint"] == "flows/compare_heads.py:compare_heads"
     assert on_demand["work_pool_name"] == "compare-heads-pool"
-    # prefect.yaml mirrors the defaults of the flow's one validated config, and the SPEC's.
+    # prefect.yaml mirrors the defaults of the one validated config, and the documented ones.
     parameters = on_demand["parameters"]
     assert parameters == RunConfig().model_dump()
-    assert {name: parameters.get(name) for name in SPEC_DEFAULTS} == SPEC_DEFAULTS
+    assert {name: parameters.get(name) for name in DOCUMENTED_DEFAULTS} == DOCUMENTED_DEFAULTS
     assert not on_demand["schedules"]
     # The worker runs the code of this checkout, in place.
     [pull_step] = on_demand["pull_steps"]

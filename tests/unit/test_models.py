@@ -24,8 +24,9 @@ BACKEND_LAYERS = {
     "gap": ["global_average_pool", "output"],
     "avgpool": ["average_pool_2x2", "flatten", "output"],
 }  # fmt: skip
-# Parameter counts at image_size 100, by hand from SPEC §1. Side of the feature map:
-# 100 -conv-> 98 -pool-> 49 -conv-> 47 -pool-> 23 -conv-> 21 -pool-> 10: the head ends 10x10x64.
+# Parameter counts at image_size 100, by hand from the article's architecture. Map side:
+# 100 -conv-> 98 -pool-> 49 -conv-> 47 -pool-> 23 -conv-> 21 -pool-> 10: the backbone ends
+# 10x10x64.
 # A BatchNormalization of n channels holds 4n weights: gamma and beta are trained, the
 # moving mean and variance are not.
 #   Shared head                        whole    trainable
