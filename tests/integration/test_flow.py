@@ -229,3 +229,19 @@ def test_cli_cams_draws_the_maps_of_a_logged_gap_model(flow_result, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.stat().st_size > 10_000 and "2 cats and 2 dogs" in result.stdout
+
+
+def test_parent_run_names_its_output_folder_for_run_sh(flow_result):
+    """scripts/run.sh finds the plots through the parent run's tag, not a log line."""
+    summary, client, _ = flow_result
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.data.tags["compare_heads.output_dir"] == summary.output_dir
+    flow_run_id = parent.data.tags["prefect.flow_run_id"]
+    script = Path(__file__).resolve().parents[2] / "scripts" / "output_dir.py"
+    done = subprocess.run(
+        [sys.executable, str(script), flow_run_id, summary.experiment_id],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": summary.tracking_uri},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == summary.output_dir

@@ -278,3 +278,16 @@ def test_read_only_cache_folder_fails_before_decoding_and_leaves_nothing(tmp_pat
         assert list(cache.iterdir()) == []
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_loaded_splits_are_one_shared_read_only_map_per_file(tmp_path):
+    """Every model of a flow run reads the same file pages: repeated loads share memory
+    (no per-model copy kept alive), and nothing can write into the cache through them."""
+    source = make_pet_images(tmp_path / "photos", per_class=20, size=32)
+    prepared = preprocess(str(source), 24, [80, 10, 10], None, cache_root=tmp_path / "cache")
+    first, labels = load_split(prepared.cache_dir, "train")
+    second, _ = load_split(prepared.cache_dir, "train")
+    assert np.shares_memory(first, second) and len(first) == len(labels)
+    assert not first.flags.writeable
+    with pytest.raises(ValueError):
+        first[0, 0, 0, 0] = 1
