@@ -46,6 +46,8 @@ def run(
     recipe: Annotated[str | None, _option("recipe")] = None,
     precision: Annotated[str | None, _option("precision")] = None,
     batch_norm: Annotated[str | None, _option("batch_norm")] = None,
+    workers: Annotated[int | None, _option("workers")] = None,
+    threads_per_worker: Annotated[int | None, _option("threads_per_worker")] = None,
 ) -> None:
     """Run the compare-heads flow in this process (same parameters as the deployment).
     Parameters are validated before anything starts: a bad one exits 2 within seconds."""

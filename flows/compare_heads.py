@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,13 +18,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.train_models import train_models_on
 from gap_models.config import RunConfig
 from tasks import recovery, tracking
 from tasks.compare import compare_runs
 from tasks.data import download, preprocess, record_skipped
-from tasks.evaluate import evaluate_head
 from tasks.promote import Promotion, promote_best
-from tasks.train import TrainedRun, train_head
+from tasks.train import TrainedRun, peak_memory_mb
 
 
 @dataclass
@@ -90,6 +89,8 @@ def compare_heads(
     recipe: str | None = None,
     precision: str | None = None,
     batch_norm: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
 ) -> ComparisonResult:
     """Train and fairly compare CNN classifier heads on Cats vs Dogs (parameters: RunConfig)."""
     config = RunConfig.from_parameters(**locals())
@@ -143,28 +144,16 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
         prepared = preprocess(local_source, config.image_size, config.split, config.max_images)
     record_skipped(prepared, parent_id)
     compute = prepared.seconds  # the tasks' own work, without orchestration or tracking
-    trained_runs, test_scores = [], []
-    for seed in config.seeds:
-        for head in config.heads:
-            with phases("train"):
-                trained = train_head(
-                    prepared.cache_dir,
-                    head,
-                    seed,
-                    config,
-                    experiment_id,
-                    parent_id,
-                    prepared.skipped_images,
-                )
-            with phases("evaluate"):
-                scores = (
-                    tracking.test_metrics(client, trained.run_id)
-                    if trained.reused
-                    else evaluate_head(trained, prepared.cache_dir)
-                )
-            trained_runs.append(trained)
-            test_scores.append(scores)
-            compute += trained.compute_seconds + scores.get("evaluate_seconds", 0.0)
+    with phases("train_evaluate"):
+        outcomes = train_models_on(
+            config, prepared.cache_dir, experiment_id, parent_id, prepared.skipped_images
+        )
+    trained_runs = [outcome.trained for outcome in outcomes]
+    test_scores = [outcome.scores for outcome in outcomes]
+    compute += sum(
+        outcome.trained.compute_seconds + outcome.scores.get("evaluate_seconds", 0.0)
+        for outcome in outcomes
+    )
     with phases("compare"):
         report, markdown = compare_runs(
             trained_runs, experiment_id, parent_id, str(output_dir), prepared.cache_dir
@@ -203,6 +192,6 @@ def _timing(timing: dict[str, float], flow_seconds: float) -> dict[str, float]:
         **timing,
         "flow_seconds": flow_seconds,
         "overhead_fraction": max(flow_seconds - timing["compute_seconds"], 0.0) / flow_seconds,
-        # Peak resident memory of this flow run's process (Linux reports KiB).
-        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # Of this flow run's process; Dask workers log theirs on each child run.
+        "peak_memory_mb": peak_memory_mb(),
     }

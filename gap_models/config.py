@@ -102,6 +102,23 @@ class RunConfig(BaseModel):
         "fused", description="fused (TensorFlow's fused kernel) or keras (Keras' own layer)"
     )
 
+    # Execution only: where models train changes how fast, never what they learn.
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="0: train the models one after another in the flow's process; N: on a "
+        "local Dask cluster of N worker processes, one model each at a time (ignored when "
+        "COMPARE_HEADS_DASK_ADDRESS names a running Dask scheduler)",
+    )
+    threads_per_worker: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Compute threads of each Dask worker's TensorFlow (None: the machine's "
+        "cores shared out among the workers)",
+    )
+
     @field_validator("source")
     @classmethod
     def _check_source(cls, value: str) -> str:

@@ -38,6 +38,20 @@
 #   COMPARE_HEADS_MLFLOW_AUTH (0)                 1: MLflow server with its basic-auth app;
 #       the admin is MLFLOW_TRACKING_USERNAME (admin) with MLFLOW_TRACKING_PASSWORD (required),
 #       which every MLflow client (worker, flow runs, CLI) also reads from the environment
+#   COMPARE_HEADS_PREFECT_AUTH (0)                1: Prefect server with basic auth: it takes
+#       PREFECT_API_AUTH_STRING (user:password, required), which every Prefect client
+#       (worker, flow runs, Dask workers, the CLI) also reads from the environment
+#   COMPARE_HEADS_DATABASE (sqlite)               where both servers keep their data:
+#       sqlite     files under COMPARE_HEADS_MLFLOW_DIR and the Prefect home (zero set-up)
+#       postgres   a PostgreSQL 15 cluster of our own, started and stopped with the servers,
+#                  data under COMPARE_HEADS_POSTGRES_DIR (<services dir>/postgres), bound
+#                  to 127.0.0.1:COMPARE_HEADS_POSTGRES_PORT (5432), password-protected
+#                  (installed with apt-get when missing and running as root)
+#       postgresql://USER:PASSWORD@HOST:PORT   an external server: databases
+#                  compare_heads_mlflow and compare_heads_prefect on it (created if missing)
+#
+# Binding beyond 127.0.0.1 (COMPARE_HEADS_BIND_HOST) is refused unless both MLflow and
+# Prefect authentication are on.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,6 +68,13 @@ STARTUP_TIMEOUT="${COMPARE_HEADS_STARTUP_TIMEOUT:-180}"
 ZOMBIE_SECONDS="${COMPARE_HEADS_ZOMBIE_SECONDS:-240}"
 HEARTBEAT_SECONDS="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
 MLFLOW_AUTH="${COMPARE_HEADS_MLFLOW_AUTH:-0}"
+PREFECT_AUTH="${COMPARE_HEADS_PREFECT_AUTH:-0}"
+DATABASE="${COMPARE_HEADS_DATABASE:-sqlite}"
+PG_DIR="${COMPARE_HEADS_POSTGRES_DIR:-$SERVICES_DIR/postgres}"
+PG_PORT="${COMPARE_HEADS_POSTGRES_PORT:-5432}"
+PG_USER=compare_heads
+MLFLOW_DB=compare_heads_mlflow
+PREFECT_DB=compare_heads_prefect
 PREFECT_TOML="$ROOT/prefect.toml"
 PREFECT_TOML_MARKER="# written by scripts/services.sh"
 
@@ -167,11 +188,17 @@ log_tail() {
     printf -- '----\n' >&2
 }
 
-warn_bind() {
-    if [[ "$BIND_HOST" != 127.0.0.1 && "$BIND_HOST" != localhost ]]; then
-        log "WARNING: COMPARE_HEADS_BIND_HOST=$BIND_HOST: the servers accept connections from" \
-            "other machines, with no authentication."
+check_bind() {
+    if [[ "$BIND_HOST" == 127.0.0.1 || "$BIND_HOST" == localhost ]]; then
+        return
     fi
+    if [[ "$MLFLOW_AUTH" != 1 || "$PREFECT_AUTH" != 1 ]]; then
+        fail "COMPARE_HEADS_BIND_HOST=$BIND_HOST would open both servers to other machines;" \
+            "refused unless COMPARE_HEADS_MLFLOW_AUTH=1 and COMPARE_HEADS_PREFECT_AUTH=1" \
+            "(basic auth on both). Put TLS in front of them too: basic auth sends passwords" \
+            "in clear text."
+    fi
+    log "NOTE: binding to $BIND_HOST: other machines can reach both servers (basic auth on)."
 }
 
 # The basic-auth app's settings: its user store beside the tracking database, the admin
@@ -191,6 +218,133 @@ admin_password = $MLFLOW_TRACKING_PASSWORD
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 EOF
     )
+}
+
+# --- PostgreSQL (COMPARE_HEADS_DATABASE=postgres or postgresql://...) ------------------------
+
+pg_bin() {
+    local dir
+    for dir in /usr/lib/postgresql/*/bin; do
+        [[ -x "$dir/pg_ctl" ]] && { printf '%s' "$dir"; return 0; }
+    done
+    return 1
+}
+
+# PostgreSQL refuses to run as root: as root, its commands run as the user "postgres".
+as_pg_user() {
+    if [[ "$(id -u)" == 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+ensure_postgres_installed() {
+    pg_bin >/dev/null && return 0
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        log "postgres not installed: apt-get install postgresql (once)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+            || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq postgresql >/dev/null; } \
+            || fail "could not install PostgreSQL with apt-get"
+        # Debian's package starts a cluster of its own on 5432: ours needs none of it.
+        service postgresql stop >/dev/null 2>&1 || true
+    fi
+    pg_bin >/dev/null || fail "COMPARE_HEADS_DATABASE=postgres needs PostgreSQL's server" \
+        "binaries (Debian: apt-get install postgresql), or give a postgresql:// URL"
+}
+
+pg_password() { cat "$PG_DIR/password"; }
+
+pg_url() { # driver database
+    if [[ "$DATABASE" == postgres ]]; then
+        printf 'postgresql+%s://%s:%s@127.0.0.1:%s/%s' "$1" "$PG_USER" "$(pg_password)" \
+            "$PG_PORT" "$2"
+    else
+        printf '%s/%s' "${DATABASE/postgresql:\/\//postgresql+$1://}" "$2"
+    fi
+}
+
+pg_healthy() {
+    "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 3
+}
+
+# Our cluster: created once (password auth for every connection), started if not running.
+start_postgres() {
+    ensure_postgres_installed
+    local bin data="$PG_DIR/data"
+    bin="$(pg_bin)"
+    mkdir -p "$PG_DIR"
+    if [[ "$(id -u)" == 0 ]]; then
+        chown postgres "$PG_DIR"
+        as_pg_user test -w "$PG_DIR" || fail "user postgres cannot write $PG_DIR (a parent" \
+            "folder is not traversable); set COMPARE_HEADS_POSTGRES_DIR to a folder it can reach"
+    fi
+    if [[ ! -s "$data/PG_VERSION" ]]; then
+        (umask 077 && "$VENV_BIN/python" -c 'import secrets; print(secrets.token_hex(16))' \
+            >"$PG_DIR/password")
+        local pwfile="$PG_DIR/initdb-password"
+        (umask 077 && pg_password >"$pwfile")
+        [[ "$(id -u)" != 0 ]] || chown postgres "$pwfile"
+        as_pg_user "$bin/initdb" -D "$data" -U "$PG_USER" --pwfile="$pwfile" \
+            --auth=scram-sha-256 --encoding=UTF8 >"$PG_DIR/initdb.log" 2>&1 \
+            || { rm -f "$pwfile"; fail "initdb failed; see $PG_DIR/initdb.log"; }
+        rm -f "$pwfile"
+        log "postgres initialised  $data"
+    fi
+    if pg_healthy; then
+        log "postgres already up   127.0.0.1:$PG_PORT"
+    else
+        if port_in_use "$PG_PORT"; then
+            fail "port $PG_PORT is taken by another PostgreSQL or program; choose another" \
+                "with COMPARE_HEADS_POSTGRES_PORT=..."
+        fi
+        as_pg_user "$bin/pg_ctl" -D "$data" -l "$PG_DIR/postgres.log" -w \
+            -t "$STARTUP_TIMEOUT" -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=''" \
+            start >/dev/null || { tail -n 20 "$PG_DIR/postgres.log" >&2; fail "postgres did not start"; }
+        log "postgres started      127.0.0.1:$PG_PORT (data $data, log $PG_DIR/postgres.log)"
+    fi
+    create_databases
+}
+
+# The two databases, created when missing (idempotent), through the server's own URL.
+create_databases() {
+    local admin_url
+    admin_url="$(pg_url psycopg2 postgres)"
+    ADMIN_URL="${admin_url/postgresql+psycopg2/postgresql}" "$VENV_BIN/python" - \
+        "$MLFLOW_DB" "$PREFECT_DB" <<'PY' || fail "could not create the databases"
+import os, sys
+import psycopg2
+connection = psycopg2.connect(os.environ["ADMIN_URL"], connect_timeout=10)
+connection.autocommit = True
+with connection.cursor() as cursor:
+    for name in sys.argv[1:]:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cursor.fetchone() is None:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+            print(f"postgres database     {name} created")
+PY
+}
+
+stop_postgres() {
+    if [[ "$DATABASE" != postgres ]] || [[ ! -s "$PG_DIR/data/PG_VERSION" ]] || ! pg_bin >/dev/null; then
+        return
+    fi
+    if as_pg_user "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; then
+        as_pg_user "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null
+        log "postgres stopped"
+    else
+        log "postgres not running"
+    fi
+}
+
+uses_postgres() { [[ "$DATABASE" == postgres || "$DATABASE" == postgresql://* ]]; }
+
+check_database_setting() {
+    case "$DATABASE" in
+        sqlite | postgres | postgresql://*) ;;
+        *) fail "COMPARE_HEADS_DATABASE=$DATABASE: use sqlite, postgres or postgresql://USER:PASSWORD@HOST:PORT" ;;
+    esac
 }
 
 start_mlflow() {
@@ -222,10 +376,14 @@ start_mlflow() {
     # stores them under --artifacts-destination. Two workers are plenty on a laptop. The
     # server's job runner (GenAI scorers, prompt optimisation) is unused here and costs
     # about 1.5 GB in seven background processes: off unless asked for.
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
+    # The store's URL goes through the environment, not the command line (which any local
+    # user can read in /proc): it may hold the database password.
+    local store="sqlite:///$MLFLOW_DIR/mlflow.db"
+    uses_postgres && store="$(pg_url psycopg2 "$MLFLOW_DB")"
+    MLFLOW_BACKEND_STORE_URI="$store" \
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
         start_detached mlflow "$VENV_BIN/mlflow" server \
             --host "$BIND_HOST" --port "$MLFLOW_PORT" --workers 2 \
-            --backend-store-uri "sqlite:///$MLFLOW_DIR/mlflow.db" \
             --artifacts-destination "$MLFLOW_DIR/artifacts" "${auth_args[@]}"
     wait_healthy mlflow "$MLFLOW_URL/health"
     log "mlflow   started      $MLFLOW_URL (pid $(live_pid mlflow), log $(log_file mlflow))"
@@ -241,8 +399,21 @@ start_prefect() {
             "stop it or choose another port with PREFECT_PORT=..."
     fi
     mkdir -p "$PREFECT_HOME"
-    start_detached prefect "$VENV_BIN/prefect" server start \
-        --host "$BIND_HOST" --port "$PREFECT_PORT"
+    local database_url="" auth_string=""
+    uses_postgres && database_url="$(pg_url asyncpg "$PREFECT_DB")"
+    if [[ "$PREFECT_AUTH" == 1 ]]; then
+        [[ "${PREFECT_API_AUTH_STRING:-}" == ?*:?* ]] || fail "COMPARE_HEADS_PREFECT_AUTH=1" \
+            "needs PREFECT_API_AUTH_STRING=user:password (the server checks it, clients send it)"
+        auth_string="$PREFECT_API_AUTH_STRING"
+        log "prefect  basic auth on: clients send PREFECT_API_AUTH_STRING"
+    fi
+    # Only the server gets these; unset, Prefect keeps SQLite under PREFECT_HOME, no auth.
+    (
+        [[ -z "$database_url" ]] || export PREFECT_SERVER_DATABASE_CONNECTION_URL="$database_url"
+        [[ -z "$auth_string" ]] || export PREFECT_SERVER_API_AUTH_STRING="$auth_string"
+        start_detached prefect "$VENV_BIN/prefect" server start \
+            --host "$BIND_HOST" --port "$PREFECT_PORT"
+    )
     wait_healthy prefect "$PREFECT_API/health"
     log "prefect  started      $PREFECT_UI_URL (pid $(live_pid prefect), log $(log_file prefect))"
 }
@@ -355,8 +526,14 @@ cmd_up() {
     [[ -x "$VENV_BIN/mlflow" && -x "$VENV_BIN/prefect" ]] \
         || fail "$VENV_BIN has no mlflow/prefect; run 'make venv' first"
     mkdir -p "$SERVICES_DIR" "$MLFLOW_DIR"
-    warn_bind
+    check_bind
+    check_database_setting
     log "binding to $BIND_HOST (set COMPARE_HEADS_BIND_HOST to change)"
+    if [[ "$DATABASE" == postgres ]]; then
+        start_postgres
+    elif uses_postgres; then
+        create_databases
+    fi
     start_mlflow
     start_prefect
     write_prefect_toml
@@ -389,6 +566,7 @@ cmd_down() {
     stop_service worker
     stop_service prefect
     stop_service mlflow
+    stop_postgres
     remove_prefect_toml
 }
 
@@ -411,6 +589,11 @@ cmd_status() {
         printf '%-8s %-10s pid %-8s %s  (log %s)\n' "$name" "$state" "$pid" "$url" \
             "$(log_file "$name")"
     done
+    if [[ "$DATABASE" == postgres ]]; then
+        if pg_bin >/dev/null && pg_healthy; then state=up; else state=down; some_down=1; fi
+        printf '%-8s %-10s %-12s %s  (log %s)\n' postgres "$state" "" "127.0.0.1:$PG_PORT" \
+            "$PG_DIR/postgres.log"
+    fi
     if [[ "$prefect_down" != 0 && -f "$PREFECT_TOML" ]] && grep -qF "$PREFECT_TOML_MARKER" "$PREFECT_TOML"; then
         log "NOTE: prefect.toml still points the Prefect CLI at $PREFECT_API;" \
             "run 'make up' to restart the services or 'make down' to remove it."

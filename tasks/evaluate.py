@@ -15,8 +15,11 @@ from tasks.train import TrainedRun
 )
 def evaluate_head(trained: TrainedRun, cache_dir: str) -> dict[str, float]:
     """Load the model back from MLflow, score it on the test split (as is, and shifted by
-    0-30 pixels for the translation claim), log the test metrics and close the run."""
+    0-30 pixels for the translation claim), log the test metrics and close the run. An
+    adopted run keeps the test metrics it already has."""
     client = tracking.client()
+    if trained.reused:  # adopted from an interrupted flow run: scored back then
+        return tracking.test_metrics(client, trained.run_id)
     with tracking.closing_run(client, trained.run_id):
         metrics = score_on_test(tracking.load_logged_model(trained.model_uri), cache_dir)
         tracking.log_metrics(client, trained.run_id, metrics)

@@ -94,11 +94,27 @@ def adopt_run(mlflow_client: MlflowClient, run, parent_run_id: str) -> None:
 
 
 OWNER_HOST_TAG, OWNER_PID_TAG = "compare_heads.host", "compare_heads.pid"
+WORKER_TAG = "compare_heads.worker"
+
+
+def worker_name() -> str:
+    """The Dask worker this code runs on (its address), else ``host:pid`` of this process."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def owner_tags() -> dict[str, str]:
-    """Which process writes a run: lets a later run on this host see that it died."""
-    return {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
+    """Which process writes a run: lets a later run on this host see that it died, and
+    shows which Dask worker trained a model."""
+    return {
+        OWNER_HOST_TAG: socket.gethostname(),
+        OWNER_PID_TAG: str(os.getpid()),
+        WORKER_TAG: worker_name(),
+    }
 
 
 def owner_is_dead(tags: dict[str, str]) -> bool:
@@ -143,11 +159,35 @@ def fail_stale_runs(
     return reaped
 
 
+def fail_open_children(
+    mlflow_client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    reason: str,
+    key: str | None = None,
+) -> list[str]:
+    """Mark FAILED the parent's children still RUNNING (only those with ``key`` when given).
+
+    Within a live flow run such a child is an attempt whose process died: Dask runs a model
+    again on another worker only when the worker that held it is lost, and after every model
+    returned, no child of the parent may still be open. Returns their ids."""
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    if key is not None:
+        query += f" and tags.`{RUN_KEY_TAG}` = '{key}'"
+    closed = []
+    for run in mlflow_client.search_runs([experiment_id], query):
+        mlflow_client.set_tag(run.info.run_id, "compare_heads.failure", reason)
+        finish_run(mlflow_client, run.info.run_id, failed=True)
+        closed.append(run.info.run_id)
+    return closed
+
+
 def current_flow_run_id() -> str:
-    """The Prefect flow run this code runs in ("" outside one)."""
+    """The top-level Prefect flow run this code runs in ("" outside one): the compare-heads
+    flow run also for tasks of its ``train-models`` subflow, wherever they run."""
     from prefect.runtime import flow_run
 
-    return str(flow_run.get_id() or "")
+    return str(flow_run.get_root_flow_run_id() or "")
 
 
 def adopt_finished_run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass
 
 import keras
@@ -32,6 +33,12 @@ class TrainedRun:
     trainable_params: int
     reused: bool = False
     compute_seconds: float = 0.0  # fit + BatchNorm recalibration, this flow run only
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (a Dask worker: every model it trained;
+    Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _pip_requirements() -> list[str]:
@@ -71,6 +78,14 @@ def train_head(
     reused = _reuse_finished(client, experiment_id, key, parent_run_id, head, seed)
     if reused is not None:
         return reused
+    for lost in recovery.fail_open_children(
+        client,
+        experiment_id,
+        parent_run_id,
+        "its process died while training (a lost Dask worker); trained again elsewhere",
+        key,
+    ):
+        logger.warning("%s seed %d: run %s of a lost worker marked FAILED", head, seed, lost)
     run_id = recovery.create_child_run(client, experiment_id, parent_run_id, head, seed, key)
     with tracking.closing_run(client, run_id, finish_on_success=False):
         model = build_training_model(head, seed, config)
@@ -85,7 +100,9 @@ def train_head(
             logger.info(describe_epoch(f"{head} seed {seed}", epoch, config.epochs, metrics))
 
         result = fit_head(model, seed, config, cache_dir, on_epoch)
-        tracking.log_metrics(client, run_id, result.final_metrics())
+        tracking.log_metrics(
+            client, run_id, {**result.final_metrics(), "process_peak_memory_mb": peak_memory_mb()}
+        )
         tracking.log_params(client, run_id, {"callbacks": ",".join(result.callbacks)})
         sample = load_split(cache_dir, "validation")[0][:2]
         stock = with_stock_layers(model)  # loadable by any Keras / MLflow process

@@ -89,15 +89,17 @@ def bad_files(size: int = 64) -> dict[str, tuple[bytes, str | None]]:
 
 
 def child_runs(
-    client: MlflowClient, experiment_id: str, parent_run_id: str
+    client: MlflowClient, experiment_id: str, parent_run_id: str, status: str | None = None
 ) -> dict[tuple[str, int], Run]:
-    """The child runs of an MLflow parent run, keyed by (head, seed) from their params.
+    """The child runs of an MLflow parent run (only those in ``status`` when given), keyed
+    by (head, seed) from their params.
 
     Two children for one (head, seed) fail the test rather than hide in the dictionary.
     """
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    )
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    if status is not None:
+        query += f" and attributes.status = '{status}'"
+    runs = client.search_runs([experiment_id], filter_string=query)
     keyed = {(run.data.params["head"], int(run.data.params["seed"])): run for run in runs}
     assert len(keyed) == len(runs), f"duplicate (head, seed) children of {parent_run_id}"
     return keyed

@@ -23,6 +23,7 @@ from gap_models.data.cache import (
     cache_key,
     default_cache_dir,
     load_split,
+    local_cache,
     preprocess,
     read_manifest,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "iter_source",
     "list_source",
     "load_split",
+    "local_cache",
     "make_dataset",
     "preprocess",
     "read_manifest",

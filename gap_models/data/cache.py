@@ -133,6 +133,34 @@ def preprocess(
     return PreparedData(cache_dir, final, seconds=time.perf_counter() - started, skipped=skipped)
 
 
+def local_cache(
+    cache_dir: str | Path,
+    source: str,
+    image_size: int,
+    split: list[int],
+    max_images: int | None,
+) -> Path:
+    """The preprocessed data another process prepared at ``cache_dir``, on this machine.
+
+    That folder itself when this machine sees it (the same host, or a shared folder mounted
+    at the same path); otherwise this machine builds it from ``source`` (which must then be
+    reachable from here) under its own cache root, with the same key and the same atomic
+    write, so two workers on one host never collide and all train on identical arrays.
+    """
+    cache_dir = Path(cache_dir)
+    if read_manifest(cache_dir) is not None:
+        return cache_dir
+    prepared = preprocess(source, image_size, split, max_images)
+    if prepared.cache_dir.name != cache_dir.name:
+        raise DataError(
+            f"source {source!r} as seen from this machine differs from the one the flow "
+            f"preprocessed (cache key {prepared.cache_dir.name}, expected {cache_dir.name}): "
+            "give every worker the same data, or share the cache folder "
+            "(COMPARE_HEADS_CACHE_DIR on a shared file system, mounted at the same path)"
+        )
+    return prepared.cache_dir
+
+
 # --- checks and the cache folder -----------------------------------------------------------
 
 

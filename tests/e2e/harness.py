@@ -144,9 +144,30 @@ def parent_run_of(services: Services, flow_run: FlowRunResult):
     return parents[0]
 
 
-def child_runs_of(services: Services, parent: Run) -> dict[tuple[str, int], Run]:
-    """The child runs of a parent run, keyed by (head, seed)."""
-    return child_runs(mlflow_client(services), parent.info.experiment_id, parent.info.run_id)
+def runs_of_flow_run(services: Services, flow_run_id: str) -> list:
+    client = mlflow_client(services)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    return client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+    )
+
+
+def parent_of(services: Services, flow_run_id: str):
+    [parent] = [
+        run
+        for run in runs_of_flow_run(services, flow_run_id)
+        if "mlflow.parentRunId" not in run.data.tags
+    ]
+    return parent
+
+
+def child_runs_of(
+    services: Services, parent: Run, status: str | None = None
+) -> dict[tuple[str, int], Run]:
+    """The child runs of a parent run (only those in ``status`` when given), by (head, seed)."""
+    return child_runs(
+        mlflow_client(services), parent.info.experiment_id, parent.info.run_id, status
+    )
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
@@ -162,12 +183,14 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 
 @contextlib.contextmanager
 def start_services(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[Services]:
-    """Start MLflow, Prefect and a worker with scripts/services.sh on free loopback ports and
-    a temporary home, apply the deployments; stop everything afterwards."""
+    """Start MLflow, Prefect and a worker with scripts/services.sh on free loopback ports (or
+    ``MLFLOW_PORT`` / ``PREFECT_PORT`` of ``extra_env``) and a temporary home, apply the
+    deployments; stop everything afterwards."""
     if not (VENV_BIN / "prefect").exists() or not (VENV_BIN / "mlflow").exists():
         pytest.skip(f"{VENV_BIN} lacks prefect/mlflow: run `make venv`")
-    mlflow_port = free_port()
-    prefect_port = free_port()
+    extra_env = extra_env or {}
+    mlflow_port = int(extra_env.get("MLFLOW_PORT") or free_port())
+    prefect_port = int(extra_env.get("PREFECT_PORT") or free_port())
     while prefect_port == mlflow_port:
         prefect_port = free_port()
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"
@@ -187,7 +210,7 @@ def start_services(home: Path, extra_env: dict[str, str] | None = None) -> Itera
             "PREFECT_API_URL": f"{prefect_url}/api",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "MLFLOW_TRACKING_URI": mlflow_url,
-            **(extra_env or {}),
+            **extra_env,
         }
     )
     running = Services(mlflow_url, prefect_url, f"{prefect_url}/api", home, env)
@@ -246,7 +269,12 @@ def flow_run_state(services: Services, flow_run_id: str) -> dict:
     """The flow run's current state as the Prefect API reports it (type, name, message)."""
     import httpx
 
-    response = httpx.get(f"{services.prefect_api_url}/flow_runs/{flow_run_id}", timeout=10)
+    credentials = services.env.get("PREFECT_API_AUTH_STRING")
+    response = httpx.get(
+        f"{services.prefect_api_url}/flow_runs/{flow_run_id}",
+        auth=tuple(credentials.split(":", 1)) if credentials else None,
+        timeout=10,
+    )
     response.raise_for_status()
     return response.json()["state"] or {}
 

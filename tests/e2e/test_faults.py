@@ -1,6 +1,6 @@
 """Faults injected for real into running services: two flow runs at once, a worker killed
-in the middle of training, the MLflow server stopped in the middle of a run, and an MLflow
-server behind its basic-auth app.
+in the middle of training, and the MLflow server stopped in the middle of a run. (Servers
+behind basic auth are tested in test_scale_out.py.)
 
 These services are separate from the shared tier's: the worker runs two flow runs at once,
 MLflow clients give up after two quick retries (so a lost server fails a run in seconds,
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from tests.e2e.harness import (
@@ -24,6 +23,8 @@ from tests.e2e.harness import (
     flow_run_state,
     kill_tree,
     mlflow_client,
+    parent_of,
+    runs_of_flow_run,
     service_pid,
     start_deployment,
     start_services,
@@ -51,23 +52,6 @@ def fault_services(tmp_path_factory) -> Iterator[Services]:
         },
     ) as running:
         yield running
-
-
-def runs_of_flow_run(services: Services, flow_run_id: str) -> list:
-    client = mlflow_client(services)
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-    return client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
-    )
-
-
-def parent_of(services: Services, flow_run_id: str):
-    [parent] = [
-        run
-        for run in runs_of_flow_run(services, flow_run_id)
-        if "mlflow.parentRunId" not in run.data.tags
-    ]
-    return parent
 
 
 def running_runs(services: Services) -> list:
@@ -197,35 +181,3 @@ def test_mlflow_stopped_mid_run_leaves_no_running_runs(fault_services, pet_image
         run = client.get_run(run_id)
         assert run.info.status == "FAILED", (run_id, run.info.status)
     assert running_runs(fault_services) == []
-
-
-@pytest.fixture(scope="module")
-def auth_services(tmp_path_factory) -> Iterator[Services]:
-    with start_services(
-        tmp_path_factory.mktemp("auth-services"),
-        {
-            "COMPARE_HEADS_MLFLOW_AUTH": "1",
-            "MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": "e2e-Secret-4711",
-        },
-    ) as running:
-        yield running
-
-
-def test_mlflow_basic_auth_refuses_anonymous_and_serves_the_flow(
-    auth_services, pet_images, monkeypatch
-):
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # for this test's own client
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "e2e-Secret-4711")
-    search = f"{auth_services.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=5"
-    assert httpx.get(search, timeout=10).status_code == 401
-    assert httpx.get(search, auth=("admin", "wrong"), timeout=10).status_code == 401
-    assert httpx.get(search, auth=("admin", "e2e-Secret-4711"), timeout=10).status_code == 200
-    # The worker's flow runs authenticate with the same variables.
-    result = auth_services.run_deployment(
-        ON_DEMAND,
-        {"source": str(pet_images), **SMALL, "epochs": 1, "heads": ["gap"], "promote": False},
-    )
-    assert result.returncode == 0, f"{result.output[-6000:]}\n{auth_services.logs()}"
-    parent = parent_of(auth_services, result.flow_run_id)
-    assert parent.info.status == "FINISHED"

@@ -75,3 +75,30 @@ def test_finished_heads_of_a_live_concurrent_run_are_not_adopted(tracking_uri):
     assert find(active=True) is None  # its flow run is alive (and so is its process)
     found = find(active=False)  # Prefect says that flow run is over
     assert found is not None and found.info.run_id == child
+
+
+def test_open_children_of_a_parent_are_closed_only_for_the_given_key(tracking_uri):
+    """A Dask retry closes the lost attempt of its own model (by key), and the end of the
+    models' subflow closes whatever child is still open; other parents are untouched."""
+    client = MlflowClient(tracking_uri)
+    experiment = tracking.ensure_experiment(client)
+    parent = client.create_run(experiment, run_name="parent").info.run_id
+    other_parent = client.create_run(experiment, run_name="other").info.run_id
+
+    def child(of: str, key: str) -> str:
+        tags = {"mlflow.parentRunId": of, recovery.RUN_KEY_TAG: key}
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    lost, other_model, elsewhere = (
+        child(parent, "k1"),
+        child(parent, "k2"),
+        child(other_parent, "k1"),
+    )
+    closed = recovery.fail_open_children(client, experiment, parent, "worker lost", key="k1")
+    assert closed == [lost]
+    assert client.get_run(lost).info.status == "FAILED"
+    assert client.get_run(lost).data.tags["compare_heads.failure"] == "worker lost"
+    assert client.get_run(other_model).info.status == "RUNNING"
+    assert recovery.fail_open_children(client, experiment, parent, "left open") == [other_model]
+    assert client.get_run(elsewhere).info.status == "RUNNING"
+    assert client.get_run(parent).info.status == "RUNNING"  # the parent is not its own child

@@ -291,3 +291,21 @@ def test_loaded_splits_are_one_shared_read_only_map_per_file(tmp_path):
     assert not first.flags.writeable
     with pytest.raises(ValueError):
         first[0, 0, 0, 0] = 1
+
+
+def test_a_worker_without_the_flows_cache_builds_the_same_one(tmp_path, monkeypatch):
+    """What a remote Dask worker does: the flow's cache folder is not there, so it builds
+    the cache from the source under its own root, same key; other data is refused."""
+    source = make_pet_images(tmp_path / "photos", per_class=12)
+    flows = preprocess(str(source), 32, [80, 10, 10], None, cache_root=tmp_path / "flow")
+    assert data.local_cache(flows.cache_dir, str(source), 32, [80, 10, 10], None) == flows.cache_dir
+
+    monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tmp_path / "worker"))
+    shutil.rmtree(flows.cache_dir)  # another host: the flow's folder is not here
+    built = data.local_cache(flows.cache_dir, str(source), 32, [80, 10, 10], None)
+    assert built == tmp_path / "worker" / flows.cache_dir.name
+    assert data.read_manifest(built)["images_used"] == flows.images_used
+
+    changed = make_pet_images(tmp_path / "other", per_class=12, seed=1)
+    with pytest.raises(DataError, match="differs from the one the flow preprocessed"):
+        data.local_cache(tmp_path / "gone" / "abc", str(changed), 32, [80, 10, 10], None)

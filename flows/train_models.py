@@ -1,0 +1,68 @@
+"""The models of one flow run, each its own task, where the run's settings place them.
+
+A subflow, so that its task runner is chosen per flow run (flows/runners.py): the flow's
+own task runner is fixed when the module is loaded. It lives in an importable module, not
+in the deployment's entrypoint file: a Dask scheduler unpickles the task graph, and Prefect
+loads an entrypoint file under a bare module name that no other process can import.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.futures import as_completed
+
+from flows import runners
+from gap_models.config import RunConfig
+from tasks import recovery, tracking
+from tasks.model import ModelOutcome, train_and_evaluate
+
+
+def train_models_on(
+    config: RunConfig, cache_dir: str, experiment_id: str, parent_id: str, skipped_images: int
+) -> list[ModelOutcome]:
+    """Train and score every (seed, head) where ``config`` places them (flows/runners.py)."""
+    with get_client(sync_client=True) as prefect_client:
+        api_url = str(prefect_client.api_url)
+    where = runners.placement(config, api_url, tracking.tracking_uri())
+    get_run_logger().info(
+        "Training %d models %s", len(config.seeds) * len(config.heads), where.description
+    )
+    return train_models.with_options(task_runner=where.runner)(
+        cache_dir, config, experiment_id, parent_id, skipped_images
+    )
+
+
+@flow(name="train-models", log_prints=True)
+def train_models(
+    cache_dir: str, config: RunConfig, experiment_id: str, parent_id: str, skipped_images: int
+) -> list[ModelOutcome]:
+    """Every (seed, head) as its own task on this flow's task runner; results in submission
+    order. Each result is fetched and released as soon as its task ends, so a worker that
+    dies later holds nothing Dask would compute again. Afterwards no child run is left
+    RUNNING (an attempt on a lost worker is closed FAILED)."""
+    submitted = [
+        train_and_evaluate.submit(
+            cache_dir, head, seed, config, experiment_id, parent_id, skipped_images
+        )
+        for seed in config.seeds
+        for head in config.heads
+    ]
+    outcomes: dict[int, ModelOutcome] = {}
+    order = {id(future): index for index, future in enumerate(submitted)}
+    for future in as_completed(submitted):
+        outcomes[order[id(future)]] = future.result()
+        release(future)
+    client = tracking.client()
+    for run_id in recovery.fail_open_children(
+        client, experiment_id, parent_id, "left open by a lost worker; its model was retrained"
+    ):
+        get_run_logger().warning("Marked MLflow run %s FAILED: its worker was lost", run_id)
+    return [outcomes[index] for index in range(len(submitted))]
+
+
+def release(future) -> None:
+    """Let Dask forget a consumed result (a no-op for in-process futures)."""
+    wrapped = getattr(future, "wrapped_future", None)
+    if hasattr(wrapped, "release"):
+        wrapped.release()
