@@ -14,7 +14,8 @@ import typer
 from gap_models.config import RunConfig
 
 app = typer.Typer(
-    help="Train and compare CNN classifier heads on Cats vs Dogs.", no_args_is_help=True
+    help="Train and compare CNN classifier heads on Cats vs Dogs, or your own photos.",
+    no_args_is_help=True,
 )
 
 DEFAULT_MODEL_URI = "models:/cats-vs-dogs@champion"
@@ -46,6 +47,7 @@ def run(
     recipe: Annotated[str | None, _option("recipe")] = None,
     precision: Annotated[str | None, _option("precision")] = None,
     batch_norm: Annotated[str | None, _option("batch_norm")] = None,
+    model_name: Annotated[str | None, _option("model_name")] = None,
     workers: Annotated[int | None, _option("workers")] = None,
     threads_per_worker: Annotated[int | None, _option("threads_per_worker")] = None,
 ) -> None:
@@ -79,16 +81,19 @@ def cams(
     out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("cam_grid.png"),
     image_size: int = 100,
     split: Annotated[str, typer.Option(help="train,validation,test percentages")] = "80,10,10",
-    per_class: Annotated[int, typer.Option(help="Test photos per class")] = 4,
+    per_class: Annotated[int | None, typer.Option(help="Test photos per class")] = None,
 ) -> None:
-    """Draw a gap model's class activation maps on the first test photos of each class."""
+    """Draw a gap model's class activation maps (of the predicted class) on the first test
+    photos of each class."""
     from flows.compare_heads import load_model
     from gap_models.comparison import cam_figure
     from gap_models.data import preprocess
 
     prepared = preprocess(source, image_size, [int(part) for part in split.split(",")], None)
+    classes = prepared.manifest["class_names"]
+    per_class = per_class or max(1, 8 // len(classes))
     cam_figure(load_model(model_uri), str(prepared.cache_dir), per_class).savefig(out, dpi=110)
-    typer.echo(f"{out} ({per_class} cats and {per_class} dogs of the test split)")
+    typer.echo(f"{out} (the first test photos, {per_class} of each class: {', '.join(classes)})")
 
 
 @app.command()
@@ -96,17 +101,19 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files to classify")],
     model_uri: Annotated[str, typer.Option(help="MLflow model URI")] = DEFAULT_MODEL_URI,
 ) -> None:
-    """Classify image files: one line per file, 'PATH<TAB>label<TAB>probability'."""
-    from flows.compare_heads import load_model
+    """Classify image files: one line per file, 'PATH<TAB>class<TAB>probability' (the
+    predicted class's name and its probability), or 'PATH<TAB>error<TAB>reason'."""
+    from flows.compare_heads import load_model, model_class_names
     from gap_models.predict import classify_files
 
     try:
         model = load_model(model_uri)
+        class_names = model_class_names(model_uri)
     except Exception as error:  # MLflow raises many kinds; the user needs the URI and the cause
         typer.echo(f"cannot load model {model_uri}: {error}", err=True)
         raise typer.Exit(2) from None
     image_size = int(model.input_shape[1])
-    results = classify_files(model, list(images), image_size)
+    results = classify_files(model, list(images), image_size, class_names)
     for result in results:
         typer.echo(result.line())
     failed = sum(1 for result in results if result.error)

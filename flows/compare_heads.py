@@ -22,7 +22,7 @@ from flows.train_models import train_models_on
 from gap_models.config import RunConfig
 from tasks import recovery, tracking
 from tasks.compare import compare_runs
-from tasks.data import download, preprocess, record_skipped
+from tasks.data import download, preprocess, record_data
 from tasks.promote import Promotion, promote_best
 from tasks.train import TrainedRun, peak_memory_mb
 
@@ -61,6 +61,11 @@ class PhaseClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
+def model_class_names(model_uri: str) -> tuple[str, ...]:
+    """The classes a logged model predicts, label order (``compare-heads predict`` names them)."""
+    return tracking.logged_class_names(model_uri)
+
+
 def load_model(model_uri: str):
     """A model this project logged, by MLflow URI, from the configured tracking store (what
     ``compare-heads predict`` and ``compare-heads cams`` classify and draw with)."""
@@ -89,10 +94,12 @@ def compare_heads(
     recipe: str | None = None,
     precision: str | None = None,
     batch_norm: str | None = None,
+    model_name: str | None = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
 ) -> ComparisonResult:
-    """Train and fairly compare CNN classifier heads on Cats vs Dogs (parameters: RunConfig)."""
+    """Train and fairly compare CNN classifier heads on labelled photos, Cats vs Dogs by
+    default (parameters: RunConfig)."""
     config = RunConfig.from_parameters(**locals())
     started = time.perf_counter()
     logger = get_run_logger()
@@ -142,7 +149,7 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
         local_source = download(config.source)
     with phases("preprocess"):
         prepared = preprocess(local_source, config.image_size, config.split, config.max_images)
-    record_skipped(prepared, parent_id)
+    record_data(prepared, parent_id)
     compute = prepared.seconds  # the tasks' own work, without orchestration or tracking
     with phases("train_evaluate"):
         outcomes = train_models_on(
@@ -162,7 +169,12 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
     if config.promote:
         with phases("promote"):
             promotion = promote_best(
-                trained_runs, test_scores, report.best_head, prepared.cache_dir, parent_id
+                trained_runs,
+                test_scores,
+                report.best_head,
+                prepared.cache_dir,
+                parent_id,
+                config.registered_model_name(prepared.class_names),
             )
     return ComparisonResult(
         parent_run_id=parent_id,

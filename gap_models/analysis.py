@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from scipy import ndimage, stats
 
+from gap_models.probabilities import class_probabilities, predicted_classes
+
 SHIFTS: tuple[int, ...] = (0, 10, 20, 30)
 DIRECTIONS: tuple[tuple[int, int], ...] = ((0, 1), (0, -1), (1, 0), (-1, 0))
 """Right, left, down, up: each shift is measured in all four and averaged."""
@@ -93,26 +95,35 @@ def translation_accuracy(
         correct = []
         for direction in directions:
             shifted = shift_images(images, pixels, direction)
-            probabilities = model.predict(shifted, batch_size=256, verbose=0).reshape(-1)
-            correct.append(np.mean((probabilities >= 0.5) == (labels == 1)))
+            outputs = model.predict(shifted, batch_size=256, verbose=0)
+            correct.append(np.mean(predicted_classes(class_probabilities(outputs)) == labels))
         results[pixels] = float(np.mean(correct))
     return results
 
 
-def class_activation_maps(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Dog-evidence maps ``(n, h, w)`` at image resolution for a ``gap`` model.
+def class_activation_maps(
+    model: keras.Model, images: np.ndarray, classes: np.ndarray | None = None
+) -> np.ndarray:
+    """Class-evidence maps ``(n, h, w)`` at image resolution for a ``gap`` model.
 
-    With global average pooling, the logit is ``b + sum_k w_k * mean(A_k)``: the spatial
-    mean of ``M(x, y) = sum_k w_k A_k(x, y)`` plus the output bias. M is the per-position
-    vote for "dog" (positive) or "cat" (negative); the bias is a constant, not a place,
-    so it is left out (Zhou et al. 2016). A flattened FC head mixes positions in its first
-    dense layer, so no such per-position map exists for it.
+    With global average pooling, the logit of class c is ``b_c + sum_k w_kc * mean(A_k)``:
+    the spatial mean of ``M_c(x, y) = sum_k w_kc A_k(x, y)`` plus the output bias. With the
+    article's single sigmoid unit, M is the per-position vote for class 1 ("dog", positive)
+    or class 0 ("cat", negative); with a softmax, each photo gets the map of ``classes[i]``
+    (default: the class it is predicted as). The bias is a constant, not a place, so it is
+    left out (Zhou et al. 2016). A flattened FC head mixes positions in its first dense
+    layer, so no such per-position map exists for it.
     """
     if "global_average_pool" not in [layer.name for layer in model.layers]:
         raise ValueError(f"class activation maps need the 'gap' head, not {model.name!r}")
     features = keras.Model(model.inputs, model.get_layer("head_pool3").output)
     maps = np.asarray(features.predict(images, verbose=0), dtype=np.float32)  # (n, h', w', k)
     weights, _bias = model.get_layer("output").get_weights()
-    cams = np.tensordot(maps, weights[:, 0], axes=([3], [0]))
+    if weights.shape[1] == 1:
+        cams = np.tensordot(maps, weights[:, 0], axes=([3], [0]))
+    else:
+        if classes is None:
+            classes = predicted_classes(class_probabilities(model.predict(images, verbose=0)))
+        cams = np.einsum("nhwk,kn->nhw", maps, weights[:, np.asarray(classes)])
     zoom = (1, images.shape[1] / cams.shape[1], images.shape[2] / cams.shape[2])
     return ndimage.zoom(cams, zoom, order=1)

@@ -1,5 +1,6 @@
 """The comparison, written to one folder: summary tables, statistics and claims (report.md),
-the plots, and the class activation maps of the best ``gap`` model.
+the plots, the best model's confusion matrix, and the class activation maps of the best
+``gap`` model.
 
 ``write_report`` is the one place that decides what a comparison contains; the compare task
 fetches the runs' results from the tracker, calls it, and uploads the folder as it is.
@@ -17,11 +18,14 @@ from matplotlib.figure import Figure
 
 from gap_models.analysis import class_activation_maps
 from gap_models.claims import claims_markdown, report_markdown, statistics_markdown
-from gap_models.data import load_split
+from gap_models.data import cached_class_names, load_split
+from gap_models.evaluation import confusion_matrix, predict_probabilities
+from gap_models.probabilities import class_probabilities, predicted_classes
 from gap_models.report import (
     RunResult,
     best_head,
     plot_cam_grid,
+    plot_confusion_matrix,
     plot_curves,
     plot_generalization_gap,
     plot_test_accuracy,
@@ -53,13 +57,25 @@ def best_seed(results: list[RunResult], head: str) -> RunResult | None:
     return max(runs, key=lambda result: result.test_metrics["test_accuracy"], default=None)
 
 
-def cam_figure(model, cache_dir: str, per_class: int = 4) -> Figure:
-    """Class activation maps of a ``gap`` model on the first test photos of each class."""
+def cam_figure(model, cache_dir: str, per_class: int | None = None) -> Figure:
+    """Class activation maps of a ``gap`` model on the first test photos of each class
+    (``per_class`` each; by default 8 photos in all, at least 1 per class)."""
     images, labels = load_split(cache_dir, "test")
-    chosen = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in (0, 1)])
-    probabilities = model.predict(images[chosen], verbose=0).reshape(-1)
-    cams = class_activation_maps(model, images[chosen])
-    return plot_cam_grid(images[chosen], cams, labels[chosen], probabilities)
+    classes = cached_class_names(cache_dir)
+    per_class = per_class or max(1, 8 // len(classes))
+    chosen = np.concatenate(
+        [np.flatnonzero(labels == c)[:per_class] for c in range(len(classes))]
+    ).astype(np.int64)
+    probabilities = class_probabilities(model.predict(images[chosen], verbose=0))
+    cams = class_activation_maps(model, images[chosen], predicted_classes(probabilities))
+    return plot_cam_grid(images[chosen], cams, labels[chosen], probabilities, classes)
+
+
+def confusion_figure(model, cache_dir: str, title: str) -> Figure:
+    """The confusion matrix of a model on the cached test split."""
+    images, labels = load_split(cache_dir, "test")
+    matrix = confusion_matrix(labels, predict_probabilities(model, images))
+    return plot_confusion_matrix(matrix, cached_class_names(cache_dir), title)
 
 
 def draw_figures(
@@ -73,8 +89,16 @@ def draw_figures(
         "generalization_gap.png": plot_generalization_gap(results),
         "translation_robustness.png": plot_translation(results),
     }
+    if load_model is None:
+        return figures, None
+    winner = best_seed(results, best_head(rows))
+    if winner is not None and winner.model_uri:
+        title = f"{winner.head} seed {winner.seed}, test split"
+        figures["confusion_matrix.png"] = confusion_figure(
+            load_model(winner.model_uri), cache_dir, title
+        )
     gap = best_seed(results, "gap")
-    if gap is None or load_model is None or not gap.model_uri:
+    if gap is None or not gap.model_uri:
         return figures, None
     figures["cam_grid.png"] = cam_figure(load_model(gap.model_uri), cache_dir)
     return figures, gap.model_uri

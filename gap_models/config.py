@@ -7,6 +7,7 @@ Allowed values are the ``Literal`` types below; the modules that use them import
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -17,6 +18,8 @@ from gap_models.hardware import hardware_params, resolve_precision
 
 TFDS_PREFIX = "tfds:"
 DEFAULT_SOURCE = "tfds:cats_vs_dogs"
+CATS_VS_DOGS_MODEL = "cats-vs-dogs"
+"""The registered model of Cats vs Dogs data (SPEC: its champion is models:/cats-vs-dogs@champion)."""
 MIN_FEATURE_SIDE = {"fc": 1, "fc_dropout": 1, "gap": 1, "avgpool": 2}
 """Smallest side of the backbone's output map each head can take (avgpool pools 2x2)."""
 
@@ -54,8 +57,8 @@ class RunConfig(BaseModel):
 
     source: str = Field(
         DEFAULT_SOURCE,
-        description="tfds:cats_vs_dogs (downloads the real photos), or a .zip / folder in "
-        "PetImages/{Cat,Dog}/*.jpg layout",
+        description="tfds:cats_vs_dogs (downloads the real photos), or a .zip / folder of "
+        "class folders (<root>/<class>/<image>, e.g. PetImages/{Cat,Dog}/*.jpg)",
     )
     # The article resized to 100 px; the cache holds the photos at this size, decoded once.
     image_size: int = Field(100, ge=1, le=512, description="Side the photos are resized to")
@@ -102,6 +105,13 @@ class RunConfig(BaseModel):
         "fused", description="fused (TensorFlow's fused kernel) or keras (Keras' own layer)"
     )
 
+    # Two data sets must never fight over one champion: each has its own registered model.
+    model_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$",
+        description="Registered model of the champion (None: cats-vs-dogs for Cats vs Dogs "
+        "data, else the source's file or folder name)",
+    )
     # Execution only: where models train changes how fast, never what they learn.
     workers: int = Field(
         0,
@@ -185,7 +195,7 @@ class RunConfig(BaseModel):
         if not self.is_tfds and not Path(self.source).expanduser().exists():
             raise ValueError(
                 f"source {self.source!r} does not exist: pass an existing .zip archive or "
-                f"folder in PetImages/{{Cat,Dog}}/*.jpg layout, or {DEFAULT_SOURCE!r}"
+                f"folder of class folders (PetImages/{{Cat,Dog}}/*.jpg), or {DEFAULT_SOURCE!r}"
             )
         return self
 
@@ -197,6 +207,16 @@ class RunConfig(BaseModel):
     def from_parameters(cls, **parameters: object) -> RunConfig:
         """A config from flow or CLI parameters, where None means "the default"."""
         return cls(**{name: value for name, value in parameters.items() if value is not None})
+
+    def registered_model_name(self, class_names: tuple[str, ...]) -> str:
+        """``model_name``, or by default ``cats-vs-dogs`` for Cats vs Dogs data (whatever the
+        source) and the source's file or folder name, made safe, for any other data."""
+        if self.model_name:
+            return self.model_name
+        if tuple(name.casefold() for name in class_names) == ("cat", "dog"):
+            return CATS_VS_DOGS_MODEL
+        stem = Path(self.source).expanduser().resolve().stem
+        return re.sub(r"[^A-Za-z0-9_.\-]+", "-", stem).strip("-.") or "compare-heads"
 
     def training_settings(self) -> dict[str, object]:
         """Every setting that changes what training one (head, seed) produces, beyond the

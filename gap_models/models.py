@@ -1,7 +1,8 @@
 """Model builders: one convolutional backbone, one builder per classifier head.
 
 Every model takes raw uint8 pixels (rescaling to [0, 1] lives inside the model, so a saved
-model serves raw images) and ends in one sigmoid unit: P(dog). All initialisers are seeded
+model serves raw images) and ends in one sigmoid unit, P(class 1) (P(dog) for Cats vs Dogs), or
+a softmax over the classes when there are more than two. All initialisers are seeded
 from the run's seed, and the backbone's layers are built first with their own seeds, so for
 one seed every head starts from identical backbone weights (the article shared one trained
 backbone object across models; we build a fresh one each time).
@@ -122,8 +123,18 @@ def _dense(
     )
 
 
+def _output(x: keras.KerasTensor, seeds: _Seeds, dtype: str, num_classes: int) -> keras.KerasTensor:
+    """The article's single sigmoid unit (P(class 1)) for two classes; a softmax over
+    ``num_classes`` units for more."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if num_classes == 2:
+        return _dense(1, seeds, "output", dtype, activation="sigmoid")(x)
+    return _dense(num_classes, seeds, "output", dtype, activation="softmax")(x)
+
+
 def _fc_head(
-    x: keras.KerasTensor, seed: int, dropout_rate: float | None, dtype: str
+    x: keras.KerasTensor, seed: int, dropout_rate: float | None, dtype: str, num_classes: int
 ) -> keras.KerasTensor:
     # Stock BatchNormalization here: on 2-D inputs the fused kernel gains nothing.
     seeds = _Seeds(seed, offset=500)
@@ -136,30 +147,38 @@ def _fc_head(
     x = layers.BatchNormalization(name="fc_bn2", dtype=dtype)(x)
     x = _dense(DENSE_UNITS, seeds, "fc_dense2", dtype)(x)
     x = layers.ReLU(name="fc_relu2", dtype=dtype)(x)
-    return _dense(1, seeds, "output", dtype, activation="sigmoid")(x)
+    return _output(x, seeds, dtype, num_classes)
 
 
-def fc_head(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
-    """Flatten, BN, Dense 100, ReLU, BN, Dense 100, ReLU, Dense 1 sigmoid (the article's FC)."""
-    return _fc_head(x, seed, dropout_rate=None, dtype=dtype)
+def fc_head(
+    x: keras.KerasTensor, seed: int, dtype: str = "float32", num_classes: int = 2
+) -> keras.KerasTensor:
+    """Flatten, BN, Dense 100, ReLU, BN, Dense 100, ReLU, output (the article's FC)."""
+    return _fc_head(x, seed, None, dtype, num_classes)
 
 
-def fc_dropout_head(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
+def fc_dropout_head(
+    x: keras.KerasTensor, seed: int, dtype: str = "float32", num_classes: int = 2
+) -> keras.KerasTensor:
     """As ``fc_head``, with Dropout(0.5) after the first ReLU."""
-    return _fc_head(x, seed, dropout_rate=DROPOUT_RATE, dtype=dtype)
+    return _fc_head(x, seed, DROPOUT_RATE, dtype, num_classes)
 
 
-def gap_head(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
-    """True global average pooling: one value per feature map, then Dense 1 sigmoid."""
+def gap_head(
+    x: keras.KerasTensor, seed: int, dtype: str = "float32", num_classes: int = 2
+) -> keras.KerasTensor:
+    """True global average pooling: one value per feature map, then the output layer."""
     x = layers.GlobalAveragePooling2D(name="global_average_pool", dtype=dtype)(x)
-    return _dense(1, _Seeds(seed, offset=500), "output", dtype, activation="sigmoid")(x)
+    return _output(x, _Seeds(seed, offset=500), dtype, num_classes)
 
 
-def avgpool_head(x: keras.KerasTensor, seed: int, dtype: str = "float32") -> keras.KerasTensor:
-    """What the article's notebook ran as "GAP": a 2x2 average pool, Flatten, Dense 1 sigmoid."""
+def avgpool_head(
+    x: keras.KerasTensor, seed: int, dtype: str = "float32", num_classes: int = 2
+) -> keras.KerasTensor:
+    """What the article's notebook ran as "GAP": a 2x2 average pool, Flatten, output."""
     x = layers.AveragePooling2D(2, name="average_pool_2x2", dtype=dtype)(x)
     x = layers.Flatten(name="flatten", dtype=dtype)(x)
-    return _dense(1, _Seeds(seed, offset=500), "output", dtype, activation="sigmoid")(x)
+    return _output(x, _Seeds(seed, offset=500), dtype, num_classes)
 
 
 HEAD_BUILDERS: dict[str, Callable[..., keras.KerasTensor]] = {
@@ -178,8 +197,10 @@ def build_model(
     rescale: bool = True,
     precision: str = "float32",
     batch_norm: str = "fused",
+    num_classes: int = 2,
 ) -> keras.Model:
-    """Build a fresh, uncompiled model: the backbone topped by the named head.
+    """Build a fresh, uncompiled model: the backbone topped by the named head, ending in one
+    sigmoid unit for two classes (the article's) or a softmax of ``num_classes`` units.
 
     The model takes uint8 (or float 0-255) RGB images of ``image_size`` x ``image_size``;
     ``rescale=False`` drops the built-in 1/255 for inputs already in [0, 1] (the article's
@@ -200,15 +221,21 @@ def build_model(
         )
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     features = build_backbone(inputs, seed, rescale, batch_norm, precision)
-    outputs = HEAD_BUILDERS[head](features, seed, dtype=precision)
+    outputs = HEAD_BUILDERS[head](features, seed, dtype=precision, num_classes=num_classes)
     return keras.Model(inputs, outputs, name=head)
 
 
+def is_binary(model: keras.Model) -> bool:
+    """Whether the model ends in the single sigmoid unit of two classes."""
+    return model.output_shape[-1] == 1
+
+
 def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
-    """Adam, binary cross-entropy, accuracy: the article's settings (keywords: Keras 3)."""
+    """Adam, binary cross-entropy (sparse categorical for more than two classes), accuracy:
+    the article's settings (keywords: Keras 3)."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss="binary_crossentropy",
+        loss="binary_crossentropy" if is_binary(model) else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     return model

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_models.data import CLASS_NAMES, ImageDecodeError, decode_image
+from gap_models.data import ImageDecodeError, decode_image
+from gap_models.probabilities import class_probabilities, predicted_classes
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 """Files larger than this are refused before decoding (prediction must never hang)."""
@@ -38,8 +39,12 @@ def load_image_file(path: str | Path, image_size: int) -> np.ndarray:
     return decode_image(path.read_bytes(), image_size)
 
 
-def classify_files(model, paths: list[str | Path], image_size: int) -> list[Prediction]:
-    """P(dog) for each readable image; unreadable or undecodable files get an error line."""
+def classify_files(
+    model, paths: list[str | Path], image_size: int, class_names: tuple[str, ...]
+) -> list[Prediction]:
+    """The predicted class and its probability for each readable image (the same decode
+    path as training, the same reading of outputs as evaluation and the served model);
+    unreadable or undecodable files get an error line."""
     predictions: dict[int, Prediction] = {}
     images, indices = [], []
     for index, path in enumerate(paths):
@@ -49,9 +54,11 @@ def classify_files(model, paths: list[str | Path], image_size: int) -> list[Pred
         except (ImageDecodeError, OSError) as error:
             predictions[index] = Prediction(str(path), error=str(error))
     if images:
-        probabilities = np.asarray(model.predict(np.stack(images), verbose=0)).reshape(-1)
-        for index, p_dog in zip(indices, probabilities, strict=True):
-            label = int(p_dog >= 0.5)
-            confidence = float(p_dog if label else 1 - p_dog)
-            predictions[index] = Prediction(str(paths[index]), CLASS_NAMES[label], confidence)
+        probabilities = class_probabilities(model.predict(np.stack(images), verbose=0))
+        labels = predicted_classes(probabilities)
+        for row, index in enumerate(indices):
+            label = int(labels[row])
+            predictions[index] = Prediction(
+                str(paths[index]), class_names[label], float(probabilities[row, label])
+            )
     return [predictions[index] for index in range(len(paths))]

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gap_models import HEAD_NAMES
+from gap_models.probabilities import predicted_classes
 
 HEAD_COLOURS = {
     "fc": "tab:blue",
@@ -245,30 +246,61 @@ def plot_translation(results: list[RunResult]) -> Figure:
 
 
 def plot_cam_grid(
-    images: np.ndarray, cams: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
+    images: np.ndarray,
+    cams: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: tuple[str, ...] = ("cat", "dog"),
 ) -> Figure:
-    """Per photo: the photo, where the evidence for "dog" lies, where it lies for "cat".
+    """Per photo: the photo, and where the evidence for its classes lies.
 
-    ``cams`` are dog-evidence maps (positive = dog); the cat map is the negated map. Both
-    maps of a photo are clipped at zero and share one colour scale, the photo's largest
-    evidence of either sign: strong evidence shows strongly, and the weak evidence for the
-    losing class stays faint instead of being stretched to full colour. Overlaid at 50%.
+    Two classes: ``cams`` are class-1 evidence maps (positive = class 1, "dog"); the class-0
+    map is the negated map. Both maps of a photo are clipped at zero and share one colour
+    scale, the photo's largest evidence of either sign: strong evidence shows strongly, and
+    the weak evidence for the losing class stays faint instead of being stretched to full
+    colour. More classes: the map of the predicted class. Overlaid at 50%.
     """
+    binary = len(class_names) == 2
     count = len(images)
-    figure = Figure(figsize=(6.6, 2.2 * count), layout="constrained")
-    grid = figure.subplots(count, 3, squeeze=False)
+    columns = 3 if binary else 2
+    figure = Figure(figsize=(2.2 * columns, 2.2 * count), layout="constrained")
+    grid = figure.subplots(count, columns, squeeze=False)
+    predicted = predicted_classes(probabilities)
     for row in range(count):
-        truth = "dog" if labels[row] else "cat"
+        truth, guess = class_names[labels[row]], class_names[predicted[row]]
         grid[row, 0].imshow(images[row])
-        grid[row, 0].set_title(f"{truth}: P(dog)={probabilities[row]:.2f}", fontsize=9)
+        title = f"{truth}: P({guess})={probabilities[row, predicted[row]]:.2f}"
+        grid[row, 0].set_title(title, fontsize=9)
         scale = float(np.abs(cams[row]).max()) or 1.0
-        for column, (sign, name, colours) in enumerate(
-            ((1, "dog", "Reds"), (-1, "cat", "Blues")), 1
-        ):
+        panels = (
+            ((1, class_names[1], "Reds"), (-1, class_names[0], "Blues"))
+            if binary
+            else ((1, guess, "Reds"),)
+        )
+        for column, (sign, name, colours) in enumerate(panels, 1):
             grid[row, column].imshow(images[row])
             evidence = np.clip(sign * cams[row], 0, None)
             grid[row, column].imshow(evidence, cmap=colours, alpha=0.5, vmin=0, vmax=scale)
             grid[row, column].set_title(f"evidence for {name}", fontsize=9)
     for axes in grid.flat:
         axes.set_axis_off()
+    return figure
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: tuple[str, ...], title: str) -> Figure:
+    """Counts of (true, predicted) class on the test split, rows normalised by colour."""
+    figure = Figure(figsize=(1.6 + 0.55 * len(class_names), 1.2 + 0.5 * len(class_names)))
+    axes = figure.subplots()
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(matrix):
+        colour = "white" if shares[row, column] > 0.6 else "black"
+        axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(ticks, class_names, fontsize=8)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title, fontsize=9)
+    figure.set_layout_engine("constrained")
     return figure

@@ -199,9 +199,12 @@ def train_model(
     )
 
 
-def build_training_model(head: str, seed: int, config: RunConfig) -> keras.Model:
-    """A fresh, compiled model for (head, seed) with the run's settings, in a clean Keras
-    session (earlier models' graphs are freed: peak memory) and seeded random state."""
+def build_training_model(
+    head: str, seed: int, config: RunConfig, num_classes: int = 2
+) -> keras.Model:
+    """A fresh, compiled model for (head, seed) with the run's settings and the data's
+    number of classes, in a clean Keras session (earlier models' graphs are freed: peak
+    memory) and seeded random state."""
     keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(seed)
     model = build_model(
@@ -210,6 +213,7 @@ def build_training_model(head: str, seed: int, config: RunConfig) -> keras.Model
         seed,
         precision=resolve_precision(config.precision).value,
         batch_norm=config.batch_norm,
+        num_classes=num_classes,
     )
     return compile_model(model, config.learning_rate)
 

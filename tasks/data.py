@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -25,6 +26,7 @@ class PreparedRef:
     split_counts: dict[str, dict[str, int]]
     cache_hit: bool
     seconds: float
+    class_names: tuple[str, ...] = ("cat", "dog")
     skipped: list[dict] = field(default_factory=list)
 
 
@@ -88,6 +90,7 @@ def preprocess(
         split_counts=manifest["split_counts"],
         cache_hit=prepared.cache_hit,
         seconds=prepared.seconds,
+        class_names=tuple(manifest["class_names"]),
         skipped=manifest["skipped"],
     )
 
@@ -101,11 +104,14 @@ def skipped_files_csv(skipped: list[dict]) -> str:
     return buffer.getvalue()
 
 
-@task(name="record-skipped", cache_policy=NONE)
-def record_skipped(prepared: PreparedRef, parent_run_id: str) -> None:
-    """Counts on the parent run; the list of skipped files (with reasons) as an MLflow and a
-    Prefect artifact, so nothing is dropped silently."""
+@task(name="record-data", cache_policy=NONE)
+def record_data(prepared: PreparedRef, parent_run_id: str) -> None:
+    """On the parent run: the data as an MLflow dataset input, the class names, the counts,
+    and the list of skipped files (with reasons) as an MLflow and a Prefect artifact, so
+    nothing is dropped silently."""
     client = tracking.client()
+    tracking.log_dataset(client, parent_run_id, data.read_manifest(Path(prepared.cache_dir)))
+    tracking.log_params(client, parent_run_id, {"class_names": ",".join(prepared.class_names)})
     tracking.log_metrics(
         client,
         parent_run_id,

@@ -1,7 +1,8 @@
 """Prefect task: champion / challenger promotion in the MLflow model registry.
 
 The best head (mean test accuracy over seeds) contributes its best seed's model as a new
-version of ``cats-vs-dogs`` with alias ``challenger``. It becomes ``champion`` when there
+version of the run's registered model (``cats-vs-dogs`` for Cats vs Dogs data, else
+``model_name`` or the source's name) with alias ``challenger``. It becomes ``champion`` when there
 is none yet, or when it beats the current champion with both scored on the *same* current
 test split. Version and alias changes are undone together if any step fails.
 
@@ -24,7 +25,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from gap_models.data import load_split
+from gap_models.config import CATS_VS_DOGS_MODEL
+from gap_models.data import cached_class_names, load_split
 from gap_models.evaluation import evaluate_model
 from tasks import run_logger, tracking
 from tasks.train import TrainedRun
@@ -61,6 +63,7 @@ class Promotion:
     champion_version: str | None
     head: str
     run_id: str
+    name: str = CATS_VS_DOGS_MODEL
 
 
 def _current_champion(client, name: str):
@@ -88,11 +91,12 @@ def promote_best(
     best_head: str,
     cache_dir: str,
     parent_run_id: str,
+    name: str = CATS_VS_DOGS_MODEL,
 ) -> Promotion:
-    """Register the best head's best seed as challenger; promote it if it beats the champion."""
+    """Register the best head's best seed as challenger in ``name``; promote it if it beats
+    the champion."""
     logger = run_logger()
     client = tracking.client()
-    name = tracking.REGISTERED_MODEL_NAME
     scored = [(s["test_accuracy"], t) for t, s in zip(trained_runs, test_scores, strict=True)]
     challenger_accuracy, candidate = max(
         ((acc, t) for acc, t in scored if t.head == best_head), key=lambda pair: pair[0]
@@ -113,8 +117,16 @@ def _decide(client, name: str, candidate: TrainedRun, challenger_accuracy: float
     champion = _current_champion(client, name)
     champion_accuracy = None
     if champion is not None:
+        champion_uri = f"models:/{name}@{CHAMPION}"
+        classes = cached_class_names(cache_dir)
+        if tracking.logged_class_names(champion_uri) != classes:
+            raise ValueError(
+                f"registered model {name!r} holds a champion for classes "
+                f"{list(tracking.logged_class_names(champion_uri))}, not this data's "
+                f"{list(classes)}: pass model_name to register these models elsewhere"
+            )
         images, labels = load_split(cache_dir, "test")
-        champion_model = tracking.load_logged_model(f"models:/{name}@{CHAMPION}")
+        champion_model = tracking.load_logged_model(champion_uri)
         champion_accuracy = evaluate_model(champion_model, images, labels)["test_accuracy"]
     promote = champion_accuracy is None or challenger_accuracy > champion_accuracy
 
@@ -135,6 +147,7 @@ def _decide(client, name: str, candidate: TrainedRun, challenger_accuracy: float
         champion_version=str(champion.version) if champion is not None else None,
         head=candidate.head,
         run_id=candidate.run_id,
+        name=name,
     )
     return promotion
 
@@ -168,6 +181,7 @@ def _record(client, parent_run_id: str, promotion: Promotion) -> None:
     if promotion.champion_test_accuracy is not None:
         metrics["champion_test_accuracy"] = promotion.champion_test_accuracy
     tracking.log_metrics(client, parent_run_id, metrics)
+    client.set_tag(parent_run_id, "registered_model", promotion.name)
     client.set_tag(parent_run_id, "promotion_decision", promotion.decision)
     client.set_tag(parent_run_id, "registered_version", promotion.version)
     before = (
@@ -178,7 +192,7 @@ def _record(client, parent_run_id: str, promotion: Promotion) -> None:
     create_markdown_artifact(
         key="compare-heads-promotion",
         markdown=(
-            f"# Model registry: `{tracking.REGISTERED_MODEL_NAME}`\n\n"
+            f"# Model registry: `{promotion.name}`\n\n"
             f"Challenger: version {promotion.version} ({promotion.head}, run "
             f"`{promotion.run_id}`), test accuracy {promotion.challenger_test_accuracy:.4f}. "
             f"Champion before: {before} on the same test split.\n\n"

@@ -8,7 +8,9 @@ FINISHED or FAILED, never left RUNNING.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +22,6 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 EXPERIMENT_NAME = "compare-heads"
-REGISTERED_MODEL_NAME = "cats-vs-dogs"
 SERVER_TIMEOUT_SECONDS = 10.0
 OUTPUT_DIR_TAG = "compare_heads.output_dir"
 """Tag of a parent run: the local folder its plots and tables were written to."""
@@ -127,26 +128,116 @@ def closing_run(
         finish_run(mlflow_client, run_id)
 
 
-def log_keras_model(
-    mlflow_client: MlflowClient, run_id: str, model, sample, pip_requirements: list[str]
-) -> str:
-    """Log a Keras model with its signature (from ``sample`` inputs) to a run; return its
-    model URI, also kept as the run's ``model_uri`` tag (what resumption reuses)."""
-    from mlflow.models import infer_signature
+IMAGE_MODEL_CODE = Path(__file__).with_name("image_model.py")
+"""The pyfunc every model is logged as (MLflow "models from code")."""
+SHIPPED_CODE = (
+    repo_root() / "gap_models" / "data" / "decoding.py",
+    repo_root() / "gap_models" / "probabilities.py",
+)
+"""Standalone modules shipped inside each logged model: the training decode path and the
+reading of outputs, importable there as ``decoding`` and ``probabilities``."""
 
-    signature = infer_signature(sample.astype("float32"), model.predict(sample, verbose=0))
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.keras.log_model(
-            model, name="model", signature=signature, pip_requirements=pip_requirements
-        )
+
+def log_image_model(
+    mlflow_client: MlflowClient,
+    run_id: str,
+    model,
+    class_names: tuple[str, ...],
+    pip_requirements: list[str],
+) -> str:
+    """Log a trained Keras model as the image-file pyfunc of ``tasks/image_model.py`` (with
+    the class names and image size it needs); return its model URI, also kept as the run's
+    ``model_uri`` tag (what resumption reuses)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    image_size = int(model.input_shape[1])
+    config = {"class_names": list(class_names), "image_size": image_size}
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema(
+            [ColSpec("double", name) for name in class_names]
+            + [ColSpec("string", "label"), ColSpec("double", "probability")]
+        ),
+    )
+    with tempfile.TemporaryDirectory(prefix="compare-heads-model-") as scratch:
+        keras_file = Path(scratch) / "model.keras"
+        model.save(keras_file)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(IMAGE_MODEL_CODE),
+                artifacts={"keras_model": str(keras_file)},
+                code_paths=[str(path) for path in SHIPPED_CODE],
+                model_config=config,
+                metadata=config,
+                signature=signature,
+                pip_requirements=pip_requirements,
+            )
     mlflow_client.set_tag(run_id, "model_uri", info.model_uri)
     return info.model_uri
 
 
 def load_logged_model(model_uri: str):
-    """Load a Keras model logged to MLflow (Keras safe mode on: no arbitrary code)."""
+    """The Keras model inside a model this project logged (Keras safe mode on: no arbitrary
+    code); models logged before the image pyfunc (Keras flavor) load too."""
     client()
-    return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})
+    info = mlflow.models.get_model_info(model_uri)
+    if "keras" in info.flavors:
+        return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
+
+
+def logged_class_names(model_uri: str) -> tuple[str, ...]:
+    """The classes a logged model predicts, label order (Keras-flavor models of earlier
+    versions were all Cats vs Dogs)."""
+    client()
+    metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+    return tuple(metadata.get("class_names", ("cat", "dog")))
+
+
+def _dataset_source(source: str):
+    """MLflow's description of where the photos came from: tfds' catalogue page, or the
+    local file or folder."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    if source.startswith("tfds:"):
+        catalogue = "https://www.tensorflow.org/datasets/catalog/"
+        return HTTPDatasetSource(catalogue + source.removeprefix("tfds:"))
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
+        warnings.simplefilter("ignore")
+        return resolve_dataset_source(str(Path(source).expanduser().resolve()))
+
+
+def log_dataset(mlflow_client: MlflowClient, run_id: str, manifest: dict) -> None:
+    """Record the photos a run used as an MLflow dataset input (the UI's Dataset column),
+    from the cache's manifest: the source, its fingerprint as digest, and as profile the
+    classes and the images per split and class."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    source = manifest["source"]
+    profile = {
+        "class_names": manifest["class_names"],
+        "split_counts": manifest["split_counts"],
+        "images_used": manifest["images_used"],
+        "image_size": manifest["image_size"],
+    }
+
+    class _Photos(MetaDataset):
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(profile)}
+
+    name = Path(source.removeprefix("tfds:")).name or source
+    dataset = _Photos(_dataset_source(source), name=name, digest=manifest["fingerprint"][:36])
+    context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
+    mlflow_client.log_inputs(
+        run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[context])]
+    )
 
 
 def run_url(run_id: str, experiment_id: str) -> str | None:

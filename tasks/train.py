@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -11,7 +12,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from gap_models.config import RunConfig
-from gap_models.data import load_split
+from gap_models.data import cached_class_names, read_manifest
 from gap_models.models import trainable_params, with_stock_layers
 from gap_models.training import build_training_model, describe_epoch, fit_head
 from tasks import recovery, run_logger, tracking
@@ -43,7 +44,15 @@ def peak_memory_mb() -> float:
 
 def _pip_requirements() -> list[str]:
     # Given explicitly: MLflow's inference of requirements imports the model in a subprocess.
-    return [f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}"]
+    import pandas
+    import PIL
+
+    return [
+        f"tensorflow-cpu=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"pillow=={PIL.__version__}",
+        f"pandas=={pandas.__version__}",
+    ]
 
 
 def _reuse_finished(
@@ -87,11 +96,13 @@ def train_head(
     ):
         logger.warning("%s seed %d: run %s of a lost worker marked FAILED", head, seed, lost)
     run_id = recovery.create_child_run(client, experiment_id, parent_run_id, head, seed, key)
+    classes = cached_class_names(cache_dir)
     with tracking.closing_run(client, run_id, finish_on_success=False):
-        model = build_training_model(head, seed, config)
+        model = build_training_model(head, seed, config, num_classes=len(classes))
         params = trainable_params(model)
         tracking.log_params(client, run_id, config.child_params(head, seed, params))
         tracking.log_metrics(client, run_id, {"skipped_images": skipped_images})
+        tracking.log_dataset(client, run_id, read_manifest(Path(cache_dir)))
         logger.info("Training %s seed %d (%s trainable parameters)", head, seed, f"{params:,}")
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -104,9 +115,8 @@ def train_head(
             client, run_id, {**result.final_metrics(), "process_peak_memory_mb": peak_memory_mb()}
         )
         tracking.log_params(client, run_id, {"callbacks": ",".join(result.callbacks)})
-        sample = load_split(cache_dir, "validation")[0][:2]
         stock = with_stock_layers(model)  # loadable by any Keras / MLflow process
-        model_uri = tracking.log_keras_model(client, run_id, stock, sample, _pip_requirements())
+        model_uri = tracking.log_image_model(client, run_id, stock, classes, _pip_requirements())
     logger.info(
         "%s seed %d: %.0f images/s; model %s", head, seed, result.images_per_second, model_uri
     )

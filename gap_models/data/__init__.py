@@ -21,6 +21,7 @@ from gap_models.data.cache import (
     PREPROCESS_VERSION,
     PreparedData,
     cache_key,
+    cached_class_names,
     default_cache_dir,
     load_split,
     local_cache,
@@ -31,18 +32,20 @@ from gap_models.data.decoding import MAX_DECODE_PIXELS, ImageDecodeError, decode
 from gap_models.data.pipeline import make_dataset
 from gap_models.data.selection import SPLIT_NAMES, ProgressCallback, assign_split, hash_order
 from gap_models.data.sources import (
-    CLASS_NAMES,
-    FOLDER_LABELS,
     NETWORK_TIMEOUT_SECONDS,
+    TFDS_CLASS_NAMES,
     TFDS_HOST,
     DataError,
     OfflineError,
     SourceFile,
+    SourceLayout,
     check_network,
+    class_names,
     download,
     fingerprint_source,
     iter_source,
     list_source,
+    scan_source,
 )
 
 _decode_selected = selection.decode_selected
@@ -50,12 +53,11 @@ _decode_selected = selection.decode_selected
 Patching it here does not reach ``cache.preprocess``: patch ``cache.decode_selected``."""
 
 __all__ = [
-    "CLASS_NAMES",
-    "FOLDER_LABELS",
     "MAX_DECODE_PIXELS",
     "NETWORK_TIMEOUT_SECONDS",
     "PREPROCESS_VERSION",
     "SPLIT_NAMES",
+    "TFDS_CLASS_NAMES",
     "TFDS_HOST",
     "DataError",
     "ImageDecodeError",
@@ -63,9 +65,12 @@ __all__ = [
     "PreparedData",
     "ProgressCallback",
     "SourceFile",
+    "SourceLayout",
     "assign_split",
     "cache_key",
+    "cached_class_names",
     "check_network",
+    "class_names",
     "decode_image",
     "default_cache_dir",
     "download",
@@ -78,4 +83,5 @@ __all__ = [
     "make_dataset",
     "preprocess",
     "read_manifest",
+    "scan_source",
 ]

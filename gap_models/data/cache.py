@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from gap_models.data.selection import SPLIT_NAMES, ProgressCallback, decode_selected, hash_order
-from gap_models.data.sources import CLASS_NAMES, DataError, fingerprint_source, iter_source
+from gap_models.data.sources import DataError, class_names, fingerprint_source, iter_source
 
-PREPROCESS_VERSION = 2
-"""Bump when decoding or resizing changes: it is part of every cache key."""
+PREPROCESS_VERSION = 3
+"""Bump when decoding, resizing or the manifest changes: it is part of every cache key
+(3: class names in the manifest, any number of classes)."""
 
 
 @dataclass
@@ -105,12 +106,13 @@ def preprocess(
         )
 
     _check_writable(cache_root)  # before minutes of decoding, not after
+    classes = class_names(source)
     ordered = hash_order(list(iter_source(source)))
     arrays, labels, skipped = decode_selected(
-        ordered, image_size, split, max_images, progress, workers
+        ordered, image_size, split, max_images, progress, workers, len(classes)
     )
     counts = {name: Counter(int(label) for label in labels[name]) for name in SPLIT_NAMES}
-    _check_enough(source, counts, skipped)
+    _check_enough(source, counts, skipped, classes)
     manifest = {
         "source": source,
         "fingerprint": fingerprint,
@@ -122,9 +124,9 @@ def preprocess(
         "skipped_images": len(skipped),
         "skipped_by_reason": dict(Counter(item["reason"] for item in skipped)),
         "skipped": skipped,
+        "class_names": list(classes),
         "split_counts": {
-            name: {CLASS_NAMES[c]: counts[name][c] for c in range(len(CLASS_NAMES))}
-            for name in SPLIT_NAMES
+            name: {classes[c]: counts[name][c] for c in range(len(classes))} for name in SPLIT_NAMES
         },
         "preprocess_seconds": round(time.perf_counter() - started, 3),
     }
@@ -164,7 +166,9 @@ def local_cache(
 # --- checks and the cache folder -----------------------------------------------------------
 
 
-def _check_enough(source: str, counts: dict[str, Counter], skipped: list[dict]) -> None:
+def _check_enough(
+    source: str, counts: dict[str, Counter], skipped: list[dict], classes: tuple[str, ...]
+) -> None:
     for name in SPLIT_NAMES:
         if sum(counts[name].values()) == 0:
             raise DataError(
@@ -172,7 +176,7 @@ def _check_enough(source: str, counts: dict[str, Counter], skipped: list[dict]) 
                 f"({sum(sum(c.values()) for c in counts.values())} decoded, {len(skipped)} "
                 "skipped) for the split; add images, raise max_images or change split"
             )
-    missing = [CLASS_NAMES[c] for c in range(len(CLASS_NAMES)) if counts["train"][c] == 0]
+    missing = [classes[c] for c in range(len(classes)) if counts["train"][c] == 0]
     if missing:
         raise DataError(f"source {source!r}: the train split has no {missing} images")
 
@@ -238,3 +242,11 @@ def load_split(cache_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 def _mapped(path: str, mtime_ns: int) -> np.ndarray:
     """A read-only memory map of a cached array (``mtime_ns`` keys out a rewritten file)."""
     return np.load(path, mmap_mode="r")
+
+
+def cached_class_names(cache_dir: str | Path) -> tuple[str, ...]:
+    """The class names of a cache folder, label order (what every model of it predicts)."""
+    manifest = read_manifest(Path(cache_dir))
+    if manifest is None:
+        raise DataError(f"{cache_dir} is not a complete preprocessing cache (no manifest)")
+    return tuple(manifest["class_names"])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from gap_models.data.decoding import CHUNK_SIZE, Decoded, DecoderPool, ImageDecodeError, chunked
-from gap_models.data.sources import CLASS_NAMES, SourceFile
+from gap_models.data.sources import SourceFile
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 _BATCH_FILES = 8 * CHUNK_SIZE
@@ -60,19 +60,20 @@ def hash_order(files: list[SourceFile]) -> HashOrdered:
 
 
 class _Quota:
-    """Per-class quota bookkeeping: with ``max_images``, each class takes
-    ``max_images // 2`` decodable images; without it, every file counts."""
+    """Per-class quota bookkeeping: with ``max_images``, each of the ``num_classes`` classes
+    takes ``max_images // num_classes`` decodable images; without it, every file counts."""
 
-    def __init__(self, max_images: int | None) -> None:
+    def __init__(self, max_images: int | None, num_classes: int) -> None:
         self.max_images = max_images
-        self.per_class = None if max_images is None else max_images // len(CLASS_NAMES)
+        self.num_classes = num_classes
+        self.per_class = None if max_images is None else max_images // num_classes
         self.taken: Counter = Counter()
 
     def is_open(self) -> bool:
         """Whether some class is still short of its quota."""
         if self.per_class is None:
             return True
-        return any(self.taken[label] < self.per_class for label in range(len(CLASS_NAMES)))
+        return any(self.taken[label] < self.per_class for label in range(self.num_classes))
 
     def still_counting(self, pending: HashOrdered) -> HashOrdered:
         """The pending files whose class is still short of its quota."""
@@ -89,7 +90,7 @@ class _Quota:
 
     def files_to_decode(self, file_count: int) -> int:
         """About how many files will be decoded: what sizes the decoder pool."""
-        return file_count if self.per_class is None else self.per_class * len(CLASS_NAMES)
+        return file_count if self.per_class is None else self.per_class * self.num_classes
 
     def images_to_take(self, file_count: int) -> int:
         """The most images that can be taken: the total progress is reported against."""
@@ -158,13 +159,14 @@ def decode_selected(
     max_images: int | None,
     progress: ProgressCallback | None,
     workers: int | None,
+    num_classes: int = 2,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict]]:
     """Decode files in hash order (in parallel), honouring the per-class quota.
 
     Before each batch, files of classes that have their quota are dropped, so a small
     ``max_images`` decodes little more than it keeps.
     """
-    quota = _Quota(max_images)
+    quota = _Quota(max_images, num_classes)
     selection = _Selection(split)
     report = _Progress(progress, quota.images_to_take(len(ordered)))
     pending = ordered

@@ -1,17 +1,19 @@
 """Sources: list, read and fingerprint the photos, and make them available locally.
 
 A source is ``tfds:cats_vs_dogs`` (tensorflow-datasets downloads the real archive; we read
-its raw encoded bytes so every file goes through our own decoder), a zip archive, or a
-folder, the last two in the official ``PetImages/{Cat,Dog}/*.jpg`` layout where the folder
-name is the label. A wrong layout is a ``DataError`` raised before any work, and an
-unreachable download host an ``OfflineError`` raised within seconds: neither is worth a
-retry. ``tensorflow_datasets`` is imported only when a tfds source is used.
+its raw encoded bytes so every file goes through our own decoder), or a zip archive or
+folder in the image-folder convention (``<root>/<class>/<file>``, as Keras'
+``image_dataset_from_directory`` and torchvision's ``ImageFolder`` read it): the class
+folders' names, sorted, are the classes, and label i is the i-th name. The official
+``PetImages/{Cat,Dog}`` archive is one instance (Cat = 0, Dog = 1, as in tensorflow-datasets).
+A wrong layout is a ``DataError`` raised before any work, and an unreachable download host
+an ``OfflineError`` raised within seconds: neither is worth a retry.
+``tensorflow_datasets`` is imported only when a tfds source is used.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import socket
 import threading
 import zipfile
@@ -22,13 +24,12 @@ from pathlib import Path
 
 from gap_models.config import DEFAULT_SOURCE, TFDS_PREFIX
 
-CLASS_NAMES: tuple[str, ...] = ("cat", "dog")
-"""Label i is CLASS_NAMES[i]: 0 = cat, 1 = dog (the same as tensorflow-datasets)."""
-FOLDER_LABELS = {"Cat": 0, "Dog": 1}
+TFDS_CLASS_NAMES: tuple[str, ...] = ("cat", "dog")
+"""tensorflow-datasets' cats_vs_dogs labels: 0 = cat, 1 = dog."""
+IGNORED_PARTS = ("__MACOSX",)
+"""Folders that archivers add and that are never classes (hidden folders are skipped too)."""
 TFDS_HOST = ("download.microsoft.com", 443)
 NETWORK_TIMEOUT_SECONDS = 10.0
-
-_LAYOUT_PATTERN = re.compile(r"(?:^|/)PetImages/(Cat|Dog)/([^/]+)$")
 
 
 class DataError(ValueError):
@@ -75,45 +76,85 @@ def fingerprint_source(source: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def _layout_error(source: str, found: Counter) -> DataError:
-    return DataError(
-        f"source {source!r} is not in the expected layout: it needs files under "
-        f"PetImages/Cat/ and PetImages/Dog/ (label = folder name), found "
-        f"{dict(found) or 'none'}"
-    )
+@dataclass(frozen=True)
+class SourceLayout:
+    """A zip or folder source read as image folders: every file with its label, and the
+    class names (label i is ``class_names[i]``)."""
+
+    entries: list[tuple[str, int]]
+    class_names: tuple[str, ...]
 
 
-def list_source(source: str) -> list[tuple[str, int]]:
-    """(name, label) of every file in a zip or folder source; checks the layout.
-
-    Raises ``DataError`` when the path is unreadable, has no ``PetImages/{Cat,Dog}`` files,
-    or one class is empty.
-    """
+def _names_in(source: str) -> list[str]:
+    """Every file's path inside a zip archive or folder (posix, relative to the folder)."""
     path = Path(source).expanduser()
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                names = [info.filename for info in archive.infolist() if not info.is_dir()]
-        elif path.is_dir():
-            names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
-            if path.name == "PetImages":
-                names = [f"PetImages/{name}" for name in names]
-        else:
-            raise DataError(
-                f"source {source!r} is neither a zip archive nor a folder; expected a .zip or "
-                "folder in PetImages/{Cat,Dog}/*.jpg layout"
-            )
+                return [info.filename for info in archive.infolist() if not info.is_dir()]
+        if path.is_dir():
+            return [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
     except (OSError, zipfile.BadZipFile) as error:
         raise DataError(f"source {source!r} cannot be read: {error}") from error
-    entries = []
-    for name in sorted(names):
-        match = _LAYOUT_PATTERN.search(name)
-        if match:
-            entries.append((name, FOLDER_LABELS[match.group(1)]))
-    found = Counter(CLASS_NAMES[label] for _, label in entries)
-    if not all(found[name] for name in CLASS_NAMES):
-        raise _layout_error(source, found)
-    return entries
+    raise DataError(
+        f"source {source!r} is neither a zip archive nor a folder; expected a .zip or "
+        f"folder of image folders, {EXPECTED_LAYOUT}"
+    )
+
+
+EXPECTED_LAYOUT = (
+    "<root>/<class>/<image> with two or more class folders (e.g. PetImages/Cat, PetImages/Dog)"
+)
+
+
+def _class_root(parts: list[tuple[str, ...]]) -> int:
+    """How many leading folders all files share above the class folders (``PetImages/``)."""
+    depth = 0
+    while parts and all(len(p) > depth + 2 for p in parts) and len({p[depth] for p in parts}) == 1:
+        depth += 1
+    return depth
+
+
+def scan_source(source: str) -> SourceLayout:
+    """The image-folder layout of a zip or folder source: files in class folders (at any
+    depth below them), class names sorted. Files above the class folders (a readme beside
+    ``PetImages/``), hidden files and folders, and ``__MACOSX`` are not photos of any class.
+
+    Raises ``DataError`` naming the folders found when there are fewer than two classes.
+    """
+    usable = [
+        name
+        for name in _names_in(source)
+        if not any(part.startswith(".") or part in IGNORED_PARTS for part in name.split("/"))
+    ]
+    parts = [tuple(name.split("/")) for name in usable if "/" in name]
+    depth = _class_root(parts)
+    classes = sorted({p[depth] for p in parts})
+    if len(classes) < 2:
+        found = Counter("/".join(p[: depth + 1]) for p in parts)
+        raise DataError(
+            f"source {source!r} is not in the expected layout {EXPECTED_LAYOUT}: found "
+            f"{dict(found) or 'no files in folders'}"
+        )
+    label_of = {name: label for label, name in enumerate(classes)}
+    entries = [
+        (name, label_of[name.split("/")[depth]])
+        for name in sorted(usable)
+        if "/" in name and len(name.split("/")) > depth + 1
+    ]
+    return SourceLayout(entries, tuple(classes))
+
+
+def list_source(source: str) -> list[tuple[str, int]]:
+    """(name, label) of every file in a zip or folder source; checks the layout."""
+    return scan_source(source).entries
+
+
+def class_names(source: str) -> tuple[str, ...]:
+    """The classes of a source, label order: tfds' names, or the sorted class folders."""
+    if source.startswith(TFDS_PREFIX):
+        return TFDS_CLASS_NAMES
+    return scan_source(source).class_names
 
 
 def iter_source(source: str) -> Iterator[SourceFile]:
@@ -124,9 +165,8 @@ def iter_source(source: str) -> Iterator[SourceFile]:
     path = Path(source).expanduser()
     entries = list_source(source)
     if path.is_dir():
-        base = path.parent if path.name == "PetImages" else path
         for name, label in entries:
-            yield SourceFile(name, label, (base / name).read_bytes())
+            yield SourceFile(name, label, (path / name).read_bytes())
     else:
         with zipfile.ZipFile(path) as archive:
             for name, label in entries:
@@ -164,7 +204,7 @@ def check_network(
         raise OfflineError(
             f"cannot reach {host[0]} to download {DEFAULT_SOURCE} ({reason}). Without network, "
             "set the `source` parameter to a local copy of the photos: a .zip archive or folder "
-            "in PetImages/{Cat,Dog}/*.jpg layout, e.g. "
+            "of class folders (PetImages/{Cat,Dog}/*.jpg), e.g. "
             "source=../shared/data/kagglecatsanddogs_180px.zip"
         )
 

@@ -106,7 +106,8 @@ def test_max_images_is_balanced_and_deterministic(tmp_path):
     second = preprocess(str(source), 32, [60, 20, 20], 120, cache_root=tmp_path / "b")
     assert first.images_used == 120
     counts = first.manifest["split_counts"]
-    assert sum(c["cat"] for c in counts.values()) == sum(c["dog"] for c in counts.values()) == 60
+    assert first.manifest["class_names"] == ["Cat", "Dog"]  # the folders' names, sorted
+    assert sum(c["Cat"] for c in counts.values()) == sum(c["Dog"] for c in counts.values()) == 60
     for split in data.SPLIT_NAMES:
         np.testing.assert_array_equal(
             load_split(first.cache_dir, split)[0], load_split(second.cache_dir, split)[0]
@@ -172,11 +173,11 @@ def test_layout_errors_say_what_was_expected(tmp_path):
         list_source(str(tmp_path / "missing"))
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "1.jpg").write_bytes(b"x")
-    with pytest.raises(DataError, match=r"PetImages/Cat/ and PetImages/Dog/.*none"):
+    with pytest.raises(DataError, match=r"<root>/<class>/<image>.*found no files in folders"):
         list_source(str(tmp_path / "flat"))
     only_cats = make_pet_images(tmp_path / "cats", per_class=3)
     shutil.rmtree(only_cats / "PetImages" / "Dog")
-    with pytest.raises(DataError, match=r"found \{'cat': 3\}"):
+    with pytest.raises(DataError, match=r"two or more class folders.*found \{'PetImages/Cat': 3\}"):
         list_source(str(only_cats))
     broken_zip = tmp_path / "broken.zip"
     broken_zip.write_bytes(b"PK\x03\x04 not really")
@@ -309,3 +310,32 @@ def test_a_worker_without_the_flows_cache_builds_the_same_one(tmp_path, monkeypa
     changed = make_pet_images(tmp_path / "other", per_class=12, seed=1)
     with pytest.raises(DataError, match="differs from the one the flow preprocessed"):
         data.local_cache(tmp_path / "gone" / "abc", str(changed), 32, [80, 10, 10], None)
+
+
+def test_any_image_folder_layout_gives_sorted_classes(tmp_path):
+    """<root>/<class>/<file> at any wrapper depth, in a folder or zip; files beside the class
+    folders, hidden files and __MACOSX are not photos of any class."""
+    root = tmp_path / "shapes" / "wrapper"
+    for name in ("square", "circle", "triangle"):
+        (root / name / "deeper").mkdir(parents=True)
+        (root / name / "a.png").write_bytes(b"x")
+        (root / name / "deeper" / "b.png").write_bytes(b"y")
+        (root / name / ".DS_Store").write_bytes(b"z")
+    (root.parent / "readme.txt").write_text("about the shapes")
+    (root / "__MACOSX").mkdir()
+    (root / "__MACOSX" / "._a.png").write_bytes(b"z")
+    archive = zip_folder(tmp_path / "shapes", tmp_path / "shapes.zip")
+    for source in (tmp_path / "shapes", archive):
+        layout = data.scan_source(str(source))
+        assert layout.class_names == ("circle", "square", "triangle")
+        labels = {name.split("/")[-2] if "deeper" not in name else name.split("/")[-3]: label
+                  for name, label in layout.entries}  # fmt: skip
+        assert labels == {"circle": 0, "square": 1, "triangle": 2}
+        assert len(layout.entries) == 6
+
+
+def test_pet_images_is_one_image_folder_instance(tmp_path):
+    source = make_pet_images(tmp_path / "pets", per_class=2)
+    assert data.class_names(str(source)) == ("Cat", "Dog")  # cat = 0, dog = 1
+    assert data.class_names(str(source / "PetImages")) == ("Cat", "Dog")
+    assert data.class_names("tfds:cats_vs_dogs") == ("cat", "dog")

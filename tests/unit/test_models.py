@@ -211,3 +211,26 @@ def test_stock_layer_copy_loads_without_this_package_and_predicts_the_same(tmp_p
     done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.load(paths[2]), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", HEAD_NAMES)
+def test_more_than_two_classes_end_in_a_softmax_of_that_many_units(head):
+    binary = build_model(head, image_size=100, seed=0)
+    five = build_model(head, image_size=100, seed=0, num_classes=5)
+    assert five.output_shape == (None, 5)
+    assert five.get_layer("output").get_config()["activation"] == "softmax"
+    features = binary.get_layer("output").input.shape[-1]
+    # Only the output layer grows: (features + 1) x 5 instead of (features + 1) x 1.
+    assert five.count_params() - binary.count_params() == (features + 1) * 4
+    outputs = five.predict(np.zeros((2, 100, 100, 3), np.uint8), verbose=0)
+    np.testing.assert_allclose(outputs.sum(axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        build_model(head, image_size=100, num_classes=1)
+
+
+def test_loss_follows_the_output():
+    from gap_models.models import compile_model
+
+    assert compile_model(build_model("gap", 40), 1e-3).loss == "binary_crossentropy"
+    multi = compile_model(build_model("gap", 40, num_classes=3), 1e-3)
+    assert multi.loss == "sparse_categorical_crossentropy"

@@ -179,3 +179,21 @@ def test_improved_recipe_validates_with_recalibrated_batch_norm():
     precise.evaluate(make_dataset(images, labels, 16), verbose=0,
                      callbacks=[PreciseBatchNormValidation(make_dataset(images, labels, 16))])  # fmt: skip
     np.testing.assert_array_equal(precise.get_layer("head_bn1").moving_mean.numpy(), before)
+
+
+def test_multi_class_metrics_known_values():
+    from gap_models.evaluation import classification_metrics, confusion_matrix
+
+    labels = np.array([0, 1, 2, 2])
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.45, 0.5, 0.05], [0.1, 0.1, 0.8]])
+    metrics = classification_metrics(labels, probabilities, ("a", "b", "c"))
+    assert metrics["test_accuracy"] == 0.75
+    expected_loss = -np.mean(np.log([0.7, 0.8, 0.05, 0.8]))
+    assert metrics["test_loss"] == pytest.approx(expected_loss)
+    # One-vs-rest AUC per class: a 1.0, b 1.0 (0.8 above 0.2, 0.5, 0.1), c 0.5 (0.8 above
+    # both negatives' 0.1, 0.05 below both); their mean.
+    assert metrics["test_auc"] == pytest.approx((1.0 + 1.0 + 0.5) / 3)
+    assert metrics["test_recall_c"] == 0.5 and metrics["test_precision_b"] == 0.5
+    np.testing.assert_array_equal(
+        confusion_matrix(labels, probabilities), [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    )
