@@ -6,6 +6,8 @@
 #   make up | down | status              the MLflow server, Prefect server, worker (up also
 #                                        applies the deployments)
 #   make deploy                          the same as make up (kept for habit)
+#   make serve [MODEL=cats-vs-dogs]      the champion behind MLflow's scoring server on
+#                                        127.0.0.1:5002 (SERVE_PORT), after make up
 #   make lint                            ruff
 #
 # Ports: MLFLOW_PORT (5000) and PREFECT_PORT (4200), read from the environment by
@@ -23,7 +25,7 @@ PARAMS ?=
 export PARAMS
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status deploy run test lint
+.PHONY: help venv up down status deploy run serve test lint
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -53,6 +55,11 @@ deploy: up
 
 run: venv
 	scripts/run.sh
+
+# MODEL, ALIAS (champion) and SERVE_PORT (5002) are read from the environment or make's
+# command line by the script.
+serve: venv
+	MODEL="$(MODEL)" ALIAS="$(ALIAS)" SERVE_PORT="$(SERVE_PORT)" scripts/serve.sh
 
 # The UI test drives a headless Chromium from Debian; CI runs as root and installs it.
 test: venv

@@ -4,7 +4,9 @@ bad file) and the MLflow look-ups the integration and end-to-end tiers both need
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,3 +105,15 @@ def child_runs(
     keyed = {(run.data.params["head"], int(run.data.params["seed"])): run for run in runs}
     assert len(keyed) == len(runs), f"duplicate (head, seed) children of {parent_run_id}"
     return keyed
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels but carries no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")

@@ -14,8 +14,10 @@ an ``OfflineError`` raised within seconds: neither is worth a retry.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import threading
+import urllib.parse
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -57,10 +59,7 @@ def fingerprint_source(source: str) -> str:
     """A short identity of the source's content: sha256 of a zip, of a folder's listing
     (path, size, modification time), or the tfds dataset name and version."""
     if source.startswith(TFDS_PREFIX):
-        import tensorflow_datasets as tfds
-
-        builder = tfds.builder(source.removeprefix(TFDS_PREFIX))
-        return f"{source}@{builder.version}"
+        return f"{source}@{tfds_builder(source).version}"
     path = Path(source).expanduser()
     digest = hashlib.sha256()
     if path.is_file():
@@ -173,10 +172,42 @@ def iter_source(source: str) -> Iterator[SourceFile]:
                 yield SourceFile(name, label, archive.read(name))
 
 
+TFDS_DIR_ENV = "COMPARE_HEADS_TFDS_DIR"
+TFDS_DOWNLOAD_CONFIG: dict[str, object] = {}
+"""Keyword arguments of tfds' ``DownloadConfig`` for ``download_and_prepare`` (tests point
+the builder at a local server and turn checksum validation off for that URL)."""
+
+
+def tfds_data_dir() -> str | None:
+    """Where tensorflow-datasets keeps downloads and prepared data: ``$COMPARE_HEADS_TFDS_DIR``,
+    else tfds' own default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``)."""
+    configured = os.environ.get(TFDS_DIR_ENV)
+    return str(Path(configured).expanduser()) if configured else None
+
+
+def tfds_builder(source: str):
+    """The tfds builder of a ``tfds:`` source, on the configured data folder: the one place
+    that download, fingerprint and reading all go through."""
+    import tensorflow_datasets as tfds
+
+    return tfds.builder(source.removeprefix(TFDS_PREFIX), data_dir=tfds_data_dir())
+
+
+def _tfds_download_host() -> tuple[str, int]:
+    """The host the cats_vs_dogs builder downloads from (what the reachability probe asks)."""
+    try:
+        from tensorflow_datasets.image_classification import cats_vs_dogs
+
+        url = urllib.parse.urlsplit(cats_vs_dogs._URL)
+    except (ImportError, AttributeError):
+        return TFDS_HOST
+    return url.hostname or TFDS_HOST[0], url.port or (443 if url.scheme == "https" else 80)
+
+
 def _iter_tfds(source: str) -> Iterator[SourceFile]:
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(source.removeprefix(TFDS_PREFIX))
+    builder = tfds_builder(source)
     dataset = builder.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
     for index, example in enumerate(tfds.as_numpy(dataset)):
         name = example.get("image/filename", b"").decode() or f"tfds/{index}"
@@ -209,16 +240,19 @@ def check_network(
         )
 
 
-def download(source: str, data_dir: str | None = None) -> str:
+def download(source: str) -> str:
     """Make the source available locally and return it. For tfds, download and prepare
-    the dataset unless it is already prepared; for paths, check the layout."""
+    the dataset in the configured data folder unless it is already prepared there; for
+    paths, check the layout."""
     if not source.startswith(TFDS_PREFIX):
         list_source(source)
         return source
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(source.removeprefix(TFDS_PREFIX), data_dir=data_dir)
+    builder = tfds_builder(source)
     if not builder.is_prepared():
-        check_network()
-        builder.download_and_prepare()
+        check_network(_tfds_download_host())
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(**TFDS_DOWNLOAD_CONFIG)
+        )
     return source

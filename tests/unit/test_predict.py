@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 
 from gap_models.models import build_model
 from gap_models.predict import classify_files
-from tests.fixtures import make_pet_image
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares ``width`` x ``height`` pixels but carries no pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+from tests.fixtures import make_pet_image, png_header_only
 
 
 def test_each_file_gets_a_verdict_or_an_error(tmp_path):
