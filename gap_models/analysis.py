@@ -6,7 +6,7 @@ Pure numpy / scipy / Keras; the compare task calls these and logs what they retu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 import keras
@@ -30,9 +30,36 @@ def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float
     return mean, mean - half, mean + half
 
 
+MIN_SEEDS_FOR_INTERVAL = 3
+"""Fewer seeds give a t-interval too wide to mean anything (two seeds: +-12.7 standard
+errors); the report says so instead of printing it."""
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN and does not
+    count): a difference is significant at 5% family-wise when its adjusted p < 0.05."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def accuracy_interval(values: list[float]) -> tuple[float, float, float] | None:
+    """Mean and 95% t-interval over seeds of an accuracy, clipped to [0, 1]; None when
+    there are too few seeds (``MIN_SEEDS_FOR_INTERVAL``) for an interval worth printing."""
+    if len(values) < MIN_SEEDS_FOR_INTERVAL:
+        return None
+    mean, low, high = confidence_interval(values)
+    return mean, max(low, 0.0), min(high, 1.0)
+
+
 @dataclass(frozen=True)
 class PairedComparison:
-    """Head A minus head B in test accuracy over the seeds both ran."""
+    """Head A minus head B in test accuracy over the seeds both ran; ``p_holm`` is ``p_value``
+    adjusted (Holm) within the family of comparisons it was computed with."""
 
     head_a: str
     head_b: str
@@ -41,14 +68,17 @@ class PairedComparison:
     low: float
     high: float
     p_value: float
+    p_holm: float = math.nan
 
     @property
     def significant(self) -> bool:
-        return not math.isnan(self.p_value) and self.p_value < 0.05
+        """At 5% family-wise (Holm-adjusted)."""
+        return not math.isnan(self.p_holm) and self.p_holm < 0.05
 
 
 def paired_comparisons(accuracy: dict[str, dict[int, float]]) -> list[PairedComparison]:
-    """Paired t-test over seeds for every pair of heads (``accuracy[head][seed]``).
+    """Paired t-test over seeds for every pair of heads (``accuracy[head][seed]``), with
+    Holm's adjustment over all the pairs (one family).
 
     Paired by seed because, for one seed, both heads start from the same backbone weights and
     see the same shuffles: the pairing removes that shared variance. Over seeds rather than
@@ -65,7 +95,13 @@ def paired_comparisons(accuracy: dict[str, dict[int, float]]) -> list[PairedComp
         else:
             p_value = math.nan
         comparisons.append(PairedComparison(head_a, head_b, len(seeds), mean, low, high, p_value))
-    return comparisons
+    return adjusted(comparisons)
+
+
+def adjusted(comparisons: list[PairedComparison]) -> list[PairedComparison]:
+    """The comparisons with ``p_holm`` set, Holm's adjustment over them as one family."""
+    family = holm([c.p_value for c in comparisons])
+    return [replace(c, p_holm=p) for c, p in zip(comparisons, family, strict=True)]
 
 
 def shift_images(images: np.ndarray, pixels: int, direction: tuple[int, int]) -> np.ndarray:

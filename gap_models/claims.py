@@ -11,7 +11,13 @@ import math
 
 import numpy as np
 
-from gap_models.analysis import confidence_interval, paired_comparisons
+from gap_models.analysis import (
+    MIN_SEEDS_FOR_INTERVAL,
+    PairedComparison,
+    accuracy_interval,
+    adjusted,
+    paired_comparisons,
+)
 from gap_models.report import RunResult, summarize
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -27,20 +33,36 @@ def _g(value: float, sign: bool = False) -> str:
     return f"{value:+.4g}" if sign else f"{value:.4g}"
 
 
-def _compare(results, head_a, head_b, measure, higher_is_claimed: bool) -> tuple[str, str]:
-    """Verdict and evidence that ``head_a`` is higher (or lower) than ``head_b`` in ``measure``."""
+def _comparison(results, head_a, head_b, measure) -> PairedComparison:
+    """``head_a`` minus ``head_b`` in ``measure``, paired by seed (not yet adjusted)."""
     a, b = _by_seed(results, head_a, measure), _by_seed(results, head_b, measure)
     (comparison,) = paired_comparisons({head_a: a, head_b: b})
+    return comparison
+
+
+def _verdict(
+    results, comparison: PairedComparison, measure, higher_is_claimed: bool, family: int
+) -> tuple[str, str]:
+    """Verdict and evidence that A is higher (or lower) than B, judged on the p-value Holm
+    adjusted within the family of ``family`` claim tests."""
+    a = _by_seed(results, comparison.head_a, measure)
+    b = _by_seed(results, comparison.head_b, measure)
     direction = comparison.mean_difference if higher_is_claimed else -comparison.mean_difference
     evidence = (
-        f"{head_a} {_g(np.mean(list(a.values())))} vs {head_b} {_g(np.mean(list(b.values())))}; "
-        f"difference {_g(comparison.mean_difference, sign=True)}"
+        f"{comparison.head_a} {_g(np.mean(list(a.values())))} vs {comparison.head_b} "
+        f"{_g(np.mean(list(b.values())))}; difference {_g(comparison.mean_difference, sign=True)}"
     )
     if comparison.seeds < 2:
         return INCONCLUSIVE, evidence + " (one seed: no test possible)"
+    if math.isnan(comparison.p_value):
+        return (
+            INCONCLUSIVE,
+            evidence + f" (identical difference on all {comparison.seeds} seeds: no test possible)",
+        )
     evidence += (
         f", 95% CI [{_g(comparison.low, True)}, {_g(comparison.high, True)}], paired t-test over "
-        f"{comparison.seeds} seeds p = {comparison.p_value:.3g}"
+        f"{comparison.seeds} seeds p = {comparison.p_value:.3g}, Holm-adjusted p = "
+        f"{comparison.p_holm:.3g} ({family} claim test{'s' if family != 1 else ''})"
     )
     if comparison.significant:
         return (SUPPORTED if direction > 0 else NOT_SUPPORTED), evidence
@@ -90,10 +112,15 @@ def claims(results: list[RunResult], gap_head: str = "gap", fc_head: str = "fc")
             False,
         ),
     ]
-    for claim, measure, higher in checks:
-        if measure is _shift_drop and any(not r.shift_accuracy for r in results):
-            continue
-        verdict, evidence = _compare(results, gap_head, fc_head, measure, higher)
+    checks = [
+        check
+        for check in checks
+        if not (check[1] is _shift_drop and any(not r.shift_accuracy for r in results))
+    ]
+    family = adjusted([_comparison(results, gap_head, fc_head, m) for _, m, _ in checks])
+    tested = sum(not math.isnan(c.p_value) for c in family)
+    for (claim, measure, higher), comparison in zip(checks, family, strict=True):
+        verdict, evidence = _verdict(results, comparison, measure, higher, tested)
         table.append({"claim": claim, "verdict": verdict, "evidence": evidence})
     table.append(
         {
@@ -118,8 +145,13 @@ def statistics_markdown(results: list[RunResult]) -> str:
         accuracy = [r.test_metrics["test_accuracy"] for r in runs]
         loss = [r.test_metrics["test_loss"] for r in runs]
         best_val = [r.best_val_accuracy for r in runs]
-        mean, low, high = confidence_interval(accuracy)
-        interval = f"[{low:.4f}, {high:.4f}]" if not math.isnan(low) else "n/a (one seed)"
+        mean = float(np.mean(accuracy))
+        bounds = accuracy_interval(accuracy)
+        interval = (
+            f"[{bounds[1]:.4f}, {bounds[2]:.4f}]"
+            if bounds
+            else f"n/a (fewer than {MIN_SEEDS_FOR_INTERVAL} seeds)"
+        )
         spread = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
         lines.append(
             f"| {row['head']} | {len(runs)} | {mean:.4f} {interval} | {spread(accuracy):.4f} "
@@ -131,17 +163,25 @@ def statistics_markdown(results: list[RunResult]) -> str:
     }
     lines += [
         "",
-        "Pairwise test-accuracy differences (paired t-test over seeds, two-sided):",
+        "Pairwise test-accuracy differences (paired t-test over seeds, two-sided; p adjusted "
+        "by Holm's method over all the pairs below, one family; significant = adjusted "
+        "p < 0.05). The intervals are over seeds only: they treat the test photos as fixed.",
         "",
-        "| A - B | seeds | mean difference | 95% CI | p | significant (p < 0.05) |",
-        "|---|---|---|---|---|---|",
+        "| A - B | seeds | mean difference | 95% CI | p | Holm p | significant |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in paired_comparisons(accuracy):
-        interval = f"[{c.low:+.4f}, {c.high:+.4f}]" if not math.isnan(c.low) else "n/a"
+        if c.seeds < MIN_SEEDS_FOR_INTERVAL:
+            interval = f"n/a (fewer than {MIN_SEEDS_FOR_INTERVAL} seeds)"
+        elif math.isnan(c.p_value):
+            interval = "n/a (the same difference on every seed)"
+        else:
+            interval = f"[{c.low:+.4f}, {c.high:+.4f}]"
         p_value = f"{c.p_value:.3g}" if not math.isnan(c.p_value) else "n/a"
+        p_holm = f"{c.p_holm:.3g}" if not math.isnan(c.p_holm) else "n/a"
         lines.append(
             f"| {c.head_a} - {c.head_b} | {c.seeds} | {c.mean_difference:+.4f} | {interval} "
-            f"| {p_value} | {'yes' if c.significant else 'no'} |"
+            f"| {p_value} | {p_holm} | {'yes' if c.significant else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -52,9 +52,10 @@ class Report:
 
 
 def best_seed(results: list[RunResult], head: str) -> RunResult | None:
-    """The run of ``head`` with the highest test accuracy (None when the head did not run)."""
+    """The run of ``head`` with the highest final validation accuracy (None when the head
+    did not run): the model that is drawn and registered, chosen without the test split."""
     runs = [result for result in results if result.head == head]
-    return max(runs, key=lambda result: result.test_metrics["test_accuracy"], default=None)
+    return max(runs, key=lambda result: result.final_val_accuracy, default=None)
 
 
 def cam_figure(model, cache_dir: str, per_class: int | None = None) -> Figure:

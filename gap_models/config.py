@@ -230,8 +230,10 @@ class RunConfig(BaseModel):
             "recipe": self.recipe,
             "precision": resolve_precision(self.precision).value,
             "batch_norm": self.batch_norm,
-            # Models are logged and scored with BatchNorm statistics recomputed after training.
-            "batch_norm_statistics": "precise",
+            # Models are logged and scored with BatchNorm statistics recomputed after training
+            # (with dropout off), and chosen on the validation split (final_val_accuracy).
+            "batch_norm_statistics": "precise-dropout-off",
+            "selection": "validation",
         }
 
     def child_params(self, head: str, seed: int, trainable_params: int) -> dict[str, object]:

@@ -257,26 +257,39 @@ def fit_head(
 
 
 def recalibrate_batch_norm(model: keras.Model, dataset, max_batches: int = 100) -> int:
-    """Replace BatchNorm's moving statistics by their average over training batches.
+    """Replace BatchNorm's moving statistics by their average over training batches,
+    computed by the trained network as it will be used: BatchNorm in training mode (it
+    measures the batch), dropout off (inference keeps every unit, so the statistics after a
+    dropout layer must be those of the full signal, not of a randomly thinned one).
 
-    Keras tracks them as exponential moving averages (momentum 0.99) starting from mean 0
-    and variance 1: after few steps they still mostly reflect that start, and inference
-    with them can collapse to one class (docs/RESULTS.md, precise BatchNorm). A forward
-    pass in training mode with momentum k / (k + 1) at batch k makes each statistic the plain mean over the
-    first ``max_batches`` batches ("precise BN"). Weights are untouched. Returns the
-    number of batches used.
+    Why: Keras tracks the statistics as exponential moving averages with momentum 0.99, an
+    average over roughly the last 100 steps' batches, each computed with the weights of its
+    own step. While the weights still move fast (a short training, or a high learning rate)
+    those averages lag behind the final weights, so inference normalises with statistics of
+    a network that no longer exists. A lagging mean shifts every feature by the same amount;
+    in front of ``gap``'s single logit that is one bias on every photo, which pushes the
+    decisions towards one class (docs/RESULTS.md, precise BatchNorm). A forward pass with
+    momentum (k - 1) / k at batch k makes each statistic the plain mean over the first
+    ``max_batches`` batches ("precise BN"). Weights are untouched. Returns the number of
+    batches used.
     """
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    if not layers:
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
         return 0
-    momenta = [layer.momentum for layer in layers]
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    momenta = [layer.momentum for layer in norms]
+    rates = [layer.rate for layer in dropouts]
     used = 0
     try:
+        for layer in dropouts:  # Dropout.call reads its rate at every (eager) call
+            layer.rate = 0.0
         for used, (images, _labels) in enumerate(dataset.take(max_batches), start=1):
-            for layer in layers:
+            for layer in norms:
                 layer.momentum = (used - 1) / used
             model(images, training=True)
     finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
+        for layer, momentum in zip(norms, momenta, strict=True):
             layer.momentum = momentum
+        for layer, rate in zip(dropouts, rates, strict=True):
+            layer.rate = rate
     return used

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from gap_models.comparison import Report, overview_markdown, write_report
-from gap_models.evaluation import SHIFT_METRIC_PREFIX
+from gap_models.evaluation import SELECTION_METRIC, SHIFT_METRIC_PREFIX
 from gap_models.report import CURVE_METRICS, RunResult
 from tasks import run_logger, tracking
 from tasks.train import TrainedRun
@@ -40,6 +40,7 @@ def fetch_result(client, trained: TrainedRun) -> RunResult:
         shift_accuracy=dict(sorted(shifts.items())),
         epoch_seconds=history("epoch_seconds"),
         model_uri=trained.model_uri,
+        final_val_accuracy=metrics[SELECTION_METRIC],
     )
 
 

@@ -1,10 +1,12 @@
 """Prefect task: champion / challenger promotion in the MLflow model registry.
 
-The best head (mean test accuracy over seeds) contributes its best seed's model as a new
-version of the run's registered model (``cats-vs-dogs`` for Cats vs Dogs data, else
-``model_name`` or the source's name) with alias ``challenger``. It becomes ``champion`` when there
-is none yet, or when it beats the current champion with both scored on the *same* current
-test split. Version and alias changes are undone together if any step fails.
+The best head (mean final validation accuracy over seeds) contributes its best seed (by
+the same measure) as a new version of the run's registered model (``cats-vs-dogs`` for Cats
+vs Dogs data, else ``model_name`` or the source's name) with alias ``challenger``. It
+becomes ``champion`` when there is none yet, or when it beats the current champion with
+both scored on the *same* current validation split. The test split decides nothing: its
+accuracy is recorded beside the validation accuracy on the version, as a report. Version
+and alias changes are undone together if any step fails.
 
 Flow runs may finish at the same moment (a schedule and a manual run, two workers): the
 read-compare-move of the champion alias runs under a Prefect global concurrency limit of
@@ -26,8 +28,8 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from gap_models.config import CATS_VS_DOGS_MODEL
-from gap_models.data import cached_class_names, load_split
-from gap_models.evaluation import evaluate_model
+from gap_models.data import cached_class_names
+from gap_models.evaluation import SELECTION_METRIC, score_on_validation
 from tasks import run_logger, tracking
 from tasks.train import TrainedRun
 
@@ -58,8 +60,9 @@ class Promotion:
 
     decision: str  # "promoted" (no champion yet or challenger better) or "kept"
     version: str
-    challenger_test_accuracy: float
-    champion_test_accuracy: float | None
+    challenger_val_accuracy: float  # decides, with the champion's on the same split
+    champion_val_accuracy: float | None
+    challenger_test_accuracy: float  # reports only
     champion_version: str | None
     head: str
     run_id: str
@@ -97,23 +100,23 @@ def promote_best(
     the champion."""
     logger = run_logger()
     client = tracking.client()
-    scored = [(s["test_accuracy"], t) for t, s in zip(trained_runs, test_scores, strict=True)]
-    challenger_accuracy, candidate = max(
-        ((acc, t) for acc, t in scored if t.head == best_head), key=lambda pair: pair[0]
-    )
+    scored = [(s, t) for t, s in zip(trained_runs, test_scores, strict=True) if t.head == best_head]
+    scores, candidate = max(scored, key=lambda pair: pair[0][SELECTION_METRIC])
     ensure_promotion_limit()
     logger.info("Waiting for the promotion slot (%s)", PROMOTION_LIMIT)
     with concurrency(
         PROMOTION_LIMIT, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS
     ):
-        promotion = _decide(client, name, candidate, challenger_accuracy, cache_dir)
+        promotion = _decide(client, name, candidate, scores, cache_dir)
     _record(client, parent_run_id, promotion)
     logger.info("Promotion: %s", promotion)
     return promotion
 
 
-def _decide(client, name: str, candidate: TrainedRun, challenger_accuracy: float, cache_dir: str):
-    """Register the candidate, score the current champion on our test split, move aliases."""
+def _decide(client, name: str, candidate: TrainedRun, scores: dict[str, float], cache_dir: str):
+    """Register the candidate, score the current champion on our validation split, move
+    the aliases; the version records both the validation and the test accuracy."""
+    challenger_accuracy = scores[SELECTION_METRIC]
     champion = _current_champion(client, name)
     champion_accuracy = None
     if champion is not None:
@@ -125,13 +128,17 @@ def _decide(client, name: str, candidate: TrainedRun, challenger_accuracy: float
                 f"{list(tracking.logged_class_names(champion_uri))}, not this data's "
                 f"{list(classes)}: pass model_name to register these models elsewhere"
             )
-        images, labels = load_split(cache_dir, "test")
         champion_model = tracking.load_logged_model(champion_uri)
-        champion_accuracy = evaluate_model(champion_model, images, labels)["test_accuracy"]
+        champion_accuracy = score_on_validation(champion_model, cache_dir)[SELECTION_METRIC]
     promote = champion_accuracy is None or challenger_accuracy > champion_accuracy
 
     version = _register(client, name, candidate)
     try:
+        for key, value in (
+            (SELECTION_METRIC, challenger_accuracy),
+            ("test_accuracy", scores["test_accuracy"]),
+        ):
+            client.set_model_version_tag(name, version.version, key, f"{value:.6f}")
         client.set_registered_model_alias(name, CHALLENGER, version.version)
         if promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)
@@ -139,17 +146,17 @@ def _decide(client, name: str, candidate: TrainedRun, challenger_accuracy: float
         _roll_back(client, name, version.version, champion)
         raise
 
-    promotion = Promotion(
+    return Promotion(
         decision="promoted" if promote else "kept",
         version=str(version.version),
-        challenger_test_accuracy=challenger_accuracy,
-        champion_test_accuracy=champion_accuracy,
+        challenger_val_accuracy=challenger_accuracy,
+        champion_val_accuracy=champion_accuracy,
+        challenger_test_accuracy=scores["test_accuracy"],
         champion_version=str(champion.version) if champion is not None else None,
         head=candidate.head,
         run_id=candidate.run_id,
         name=name,
     )
-    return promotion
 
 
 def _roll_back(client, name: str, version: str, champion) -> None:
@@ -177,15 +184,18 @@ def _roll_back(client, name: str, version: str, champion) -> None:
 
 
 def _record(client, parent_run_id: str, promotion: Promotion) -> None:
-    metrics = {"challenger_test_accuracy": promotion.challenger_test_accuracy}
-    if promotion.champion_test_accuracy is not None:
-        metrics["champion_test_accuracy"] = promotion.champion_test_accuracy
+    metrics = {
+        "challenger_val_accuracy": promotion.challenger_val_accuracy,
+        "challenger_test_accuracy": promotion.challenger_test_accuracy,
+    }
+    if promotion.champion_val_accuracy is not None:
+        metrics["champion_val_accuracy"] = promotion.champion_val_accuracy
     tracking.log_metrics(client, parent_run_id, metrics)
     client.set_tag(parent_run_id, "registered_model", promotion.name)
     client.set_tag(parent_run_id, "promotion_decision", promotion.decision)
     client.set_tag(parent_run_id, "registered_version", promotion.version)
     before = (
-        f"version {promotion.champion_version} scored {promotion.champion_test_accuracy:.4f}"
+        f"version {promotion.champion_version} scored {promotion.champion_val_accuracy:.4f}"
         if promotion.champion_version
         else "there was no champion"
     )
@@ -194,8 +204,9 @@ def _record(client, parent_run_id: str, promotion: Promotion) -> None:
         markdown=(
             f"# Model registry: `{promotion.name}`\n\n"
             f"Challenger: version {promotion.version} ({promotion.head}, run "
-            f"`{promotion.run_id}`), test accuracy {promotion.challenger_test_accuracy:.4f}. "
-            f"Champion before: {before} on the same test split.\n\n"
+            f"`{promotion.run_id}`), validation accuracy {promotion.challenger_val_accuracy:.4f} "
+            f"(test accuracy {promotion.challenger_test_accuracy:.4f}, reported only). "
+            f"Champion before: {before} on the same validation split.\n\n"
             f"Decision: **{promotion.decision}**."
         ),
         description="Champion / challenger decision",

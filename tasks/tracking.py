@@ -249,6 +249,7 @@ def run_url(run_id: str, experiment_id: str) -> str | None:
 
 
 def test_metrics(mlflow_client: MlflowClient, run_id: str) -> dict[str, float]:
-    """The test metrics a run already holds (an adopted run was evaluated before)."""
+    """The scores a run already holds, test and final validation (an adopted run was
+    evaluated before)."""
     metrics = mlflow_client.get_run(run_id).data.metrics
-    return {key: value for key, value in metrics.items() if key.startswith("test_")}
+    return {k: v for k, v in metrics.items() if k.startswith(("test_", "final_val_"))}

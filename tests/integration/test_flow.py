@@ -170,7 +170,7 @@ def test_plots_and_tables_written_locally(flow_result):
     for name in PLOTS:
         assert (out / "plots" / name).stat().st_size > 5_000, name
     table = (out / "summary.csv").read_text().splitlines()
-    assert table[0].startswith("head,seeds,trainable_params,test_accuracy")
+    assert table[0].startswith("head,seeds,trainable_params,final_val_accuracy,test_accuracy")
     assert [line.split(",")[0] for line in table[1:]] == list(HEAD_NAMES)
     report = (out / "report.md").read_text()
     assert "paired t-test over seeds" in report
@@ -184,6 +184,22 @@ def test_champion_registered(flow_result):
     assert summary.promotion.decision == "promoted"
     version = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
     assert str(version.version) == summary.promotion.version
+    # Chosen on validation: the best head by mean final validation accuracy, and of its
+    # seeds the best on validation; the version records both that and its test accuracy.
+    children = child_runs(client, summary.experiment_id, summary.parent_run_id)
+    val = {key: run.data.metrics["final_val_accuracy"] for key, run in children.items()}
+    means = {head: np.mean([val[(head, seed)] for seed in SEEDS]) for head in {h for h, _ in val}}
+    assert means[summary.best_head] == max(means.values())
+    best_val = max(val[key] for key in val if key[0] == summary.best_head)
+    tied = {children[key].info.run_id: key for key in val if key[0] == summary.best_head
+            and val[key] == best_val}  # fmt: skip
+    assert version.run_id in tied  # the validation decides (ties: any of the best)
+    winner = tied[version.run_id]
+    assert float(version.tags["final_val_accuracy"]) == pytest.approx(val[winner], abs=1e-6)
+    test_accuracy = children[winner].data.metrics["test_accuracy"]
+    assert float(version.tags["test_accuracy"]) == pytest.approx(test_accuracy, abs=1e-6)
+    metrics = client.get_run(summary.parent_run_id).data.metrics
+    assert metrics["challenger_val_accuracy"] == pytest.approx(val[winner])
 
 
 def test_second_run_reuses_cache(flow_result, monkeypatch):

@@ -191,7 +191,7 @@ def test_too_few_images_for_the_split(tmp_path):
         preprocess(str(source), 32, [80, 10, 10], None, cache_root=tmp_path / "cache")
 
 
-def test_offline_tfds_source_fails_fast_naming_the_source_parameter(monkeypatch):
+def test_offline_tfds_source_fails_fast_naming_the_source_parameter(monkeypatch, tmp_path):
     """Offline, the download is refused by one bounded probe (the default host and
     timeout), never left to tensorflow-datasets' own slow retries."""
     try:
@@ -208,9 +208,11 @@ def test_offline_tfds_source_fails_fast_naming_the_source_parameter(monkeypatch)
         real_probe(*args, **kwargs)
 
     monkeypatch.setattr(data.sources, "check_network", counting_probe)
+    monkeypatch.setenv(data.sources.TFDS_DIR_ENV, str(tmp_path / "tfds"))
     with pytest.raises(data.OfflineError, match="set the `source` parameter"):
-        data.download("tfds:cats_vs_dogs", data_dir=None)
-    assert probes == [((), {})]
+        data.download("tfds:cats_vs_dogs")
+    # One probe, of the host the builder downloads from.
+    assert probes == [((data.TFDS_HOST,), {})]
 
 
 def test_network_probe_reports_a_refused_port_at_once():

@@ -132,8 +132,8 @@ def test_early_stopping_ends_the_run_before_the_epoch_limit():
 
 
 def test_precise_batch_norm_replaces_lagging_moving_statistics():
-    """After a few steps the moving averages still sit near their start (0, 1); after
-    recalibration they equal the mean of the batch statistics."""
+    """A fresh layer's moving averages sit at their start (0, 1); after recalibration they
+    equal the mean of the batch statistics."""
     from gap_models.training import recalibrate_batch_norm
 
     images, labels = _tiny_set(64)
@@ -147,6 +147,30 @@ def test_precise_batch_norm_replaces_lagging_moving_statistics():
     np.testing.assert_allclose(
         layer.moving_mean.numpy(), np.mean(batch_means, axis=0), rtol=1e-4, atol=1e-5
     )
+
+
+def test_precise_batch_norm_measures_the_network_with_dropout_off():
+    """The statistics of the BatchNorm after fc_dropout's dropout are those of the full
+    signal that inference sees (BatchNorm measuring the batch, dropout keeping every unit),
+    not of a randomly thinned one: their variance would be about twice as large."""
+    from gap_models.training import recalibrate_batch_norm
+
+    images, labels = _tiny_set(48)
+    model = build_model("fc_dropout", image_size=40, seed=0)
+    used = recalibrate_batch_norm(model, make_dataset(images, labels, 16), max_batches=3)
+    assert used == 3 and model.get_layer("fc_dropout").rate == 0.5  # restored
+    before_dropout = keras.Model(model.inputs, model.get_layer("fc_relu1").output)
+    batches = [before_dropout(images[i : i + 16], training=True).numpy() for i in (0, 16, 32)]
+    layer = model.get_layer("fc_bn2")
+    np.testing.assert_allclose(
+        layer.moving_mean.numpy(), np.mean([b.mean(axis=0) for b in batches], axis=0),
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
+    # Keras' BatchNormalization keeps the biased (population) variance.
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), np.mean([b.var(axis=0) for b in batches], axis=0),
+        rtol=1e-3, atol=1e-5,
+    )  # fmt: skip
 
 
 def test_improved_recipe_validates_with_recalibrated_batch_norm():
