@@ -18,6 +18,7 @@ from scipy.stats import binomtest
 
 from gap_models.data import load_split, preprocess
 from gap_models.evaluation import predict_probabilities
+from gap_models.probabilities import predicted_classes
 from tasks.tracking import load_logged_model
 
 
@@ -47,8 +48,14 @@ def main() -> None:
     cache = preprocess(args.source, 100, [80, 10, 10], None).cache_dir
     images, labels = load_split(cache, "test")
     for head in sorted(set(first) & set(second)):
-        a = (predict_probabilities(load_logged_model(first[head]), images) > 0.5) == labels
-        b = (predict_probabilities(load_logged_model(second[head]), images) > 0.5) == labels
+        a = (
+            predicted_classes(predict_probabilities(load_logged_model(first[head]), images))
+            == labels
+        )
+        b = (
+            predicted_classes(predict_probabilities(load_logged_model(second[head]), images))
+            == labels
+        )
         only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
         p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
         print(

@@ -261,7 +261,8 @@ pg_url() { # driver database
         printf 'postgresql+%s://%s:%s@127.0.0.1:%s/%s' "$1" "$PG_USER" "$(pg_password)" \
             "$PG_PORT" "$2"
     else
-        printf '%s/%s' "${DATABASE/postgresql:\/\//postgresql+$1://}" "$2"
+        local server="${DATABASE%/}"
+        printf '%s/%s' "${server/postgresql:\/\//postgresql+$1://}" "$2"
     fi
 }
 
@@ -326,8 +327,9 @@ with connection.cursor() as cursor:
 PY
 }
 
+# Whatever COMPARE_HEADS_DATABASE says now: a cluster of ours that runs is stopped.
 stop_postgres() {
-    if [[ "$DATABASE" != postgres ]] || [[ ! -s "$PG_DIR/data/PG_VERSION" ]] || ! pg_bin >/dev/null; then
+    if [[ ! -s "$PG_DIR/data/PG_VERSION" ]] || ! pg_bin >/dev/null; then
         return
     fi
     if as_pg_user "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; then
@@ -589,8 +591,13 @@ cmd_status() {
         printf '%-8s %-10s pid %-8s %s  (log %s)\n' "$name" "$state" "$pid" "$url" \
             "$(log_file "$name")"
     done
-    if [[ "$DATABASE" == postgres ]]; then
-        if pg_bin >/dev/null && pg_healthy; then state=up; else state=down; some_down=1; fi
+    if [[ "$DATABASE" == postgres || -s "$PG_DIR/data/PG_VERSION" ]]; then
+        if pg_bin >/dev/null && pg_healthy; then
+            state=up
+        else
+            state=down
+            [[ "$DATABASE" != postgres ]] || some_down=1
+        fi
         printf '%-8s %-10s %-12s %s  (log %s)\n' postgres "$state" "" "127.0.0.1:$PG_PORT" \
             "$PG_DIR/postgres.log"
     fi

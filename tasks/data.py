@@ -26,7 +26,7 @@ class PreparedRef:
     split_counts: dict[str, dict[str, int]]
     cache_hit: bool
     seconds: float
-    class_names: tuple[str, ...] = ("cat", "dog")
+    class_names: tuple[str, ...]
     skipped: list[dict] = field(default_factory=list)
 
 
