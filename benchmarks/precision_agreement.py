@@ -19,7 +19,7 @@ from scipy.stats import binomtest
 from gap_models.data import load_split, preprocess
 from gap_models.evaluation import predict_probabilities
 from gap_models.probabilities import predicted_classes
-from tasks.tracking import load_logged_model
+from tracking.logged_model import load_logged_model
 
 
 def models_of(client: MlflowClient, experiment_id: str, run_name: str, seed: int) -> dict:

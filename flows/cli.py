@@ -85,12 +85,12 @@ def cams(
 ) -> None:
     """Draw a gap model's class activation maps (of the predicted class) on the first test
     photos of each class."""
-    from flows.compare_heads import load_model
-    from gap_models.comparison import cam_figure
-    from gap_models.data import preprocess
+    from gap_models.data import cached_class_names, preprocess
+    from gap_models.report import cam_figure
+    from tracking.logged_model import load_logged_model as load_model
 
     prepared = preprocess(source, image_size, [int(part) for part in split.split(",")], None)
-    classes = prepared.manifest["class_names"]
+    classes = cached_class_names(prepared.cache_dir)
     per_class = per_class or max(1, 8 // len(classes))
     cam_figure(load_model(model_uri), str(prepared.cache_dir), per_class).savefig(out, dpi=110)
     typer.echo(f"{out} (the first test photos, {per_class} of each class: {', '.join(classes)})")
@@ -103,8 +103,9 @@ def predict(
 ) -> None:
     """Classify image files: one line per file, 'PATH<TAB>class<TAB>probability' (the
     predicted class's name and its probability), or 'PATH<TAB>error<TAB>reason'."""
-    from flows.compare_heads import load_model, model_class_names
     from gap_models.predict import classify_files
+    from tracking.logged_model import load_logged_model as load_model
+    from tracking.logged_model import logged_class_names as model_class_names
 
     try:
         model = load_model(model_uri)
@@ -120,6 +121,63 @@ def predict(
     if failed:
         typer.echo(f"{failed} of {len(results)} files could not be classified", err=True)
         sys.exit(1)
+
+
+study_app = typer.Typer(help="Studies: declared grids of cells, records, rendered results.")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("status")
+def study_status(name: Annotated[str, typer.Argument(help="studies/NAME.toml")]) -> None:
+    """Done, missing and stale cells, and the time the rest takes on this CPU. Exit status 3
+    when any cell is missing or stale."""
+    from flows.study import status_lines
+    from tracking.runs import repo_root
+
+    try:
+        lines, states = status_lines(repo_root(), name)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    typer.echo("\n".join(lines))
+    if any(state.state != "done" for state in states):
+        raise typer.Exit(3)
+
+
+@study_app.command("run")
+def study_run(
+    name: Annotated[str, typer.Argument(help="studies/NAME.toml")],
+    budget_minutes: Annotated[
+        float | None,
+        typer.Option(help="Start no cell that this CPU's estimate says would end later"),
+    ] = None,
+) -> None:
+    """Train the cells that have no current record, first seed of every arm first, and
+    write each record as it finishes (commit them). Exit status 3 when cells are left."""
+    from flows.study import run_study
+
+    try:
+        left = run_study(name, budget_minutes, say=typer.echo)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{len(left)} cells left" if left else "every cell has a current record")
+    if left:
+        raise typer.Exit(3)
+
+
+@study_app.command("report")
+def study_report(name: Annotated[str, typer.Argument(help="studies/NAME.toml")]) -> None:
+    """Render the study from its committed records: docs/studies/NAME/ (figures, README.md)
+    and its section of docs/RESULTS.md. No figure is typed by hand."""
+    from flows.study import report_study
+
+    try:
+        folder = report_study(name)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"rendered {folder} and its section of docs/RESULTS.md")
 
 
 if __name__ == "__main__":

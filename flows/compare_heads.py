@@ -19,12 +19,16 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.train_models import train_models_on
+from gap_models import records
 from gap_models.config import RunConfig
-from tasks import recovery, tracking
+from gap_models.hardware import hardware_params, resolve_precision
+from gap_models.provenance import code_version
 from tasks.compare import compare_runs
 from tasks.data import download, preprocess, record_data
-from tasks.promote import Promotion, promote_best
-from tasks.train import TrainedRun, peak_memory_mb
+from tasks.promote import promote_best
+from tracking import recovery, runs
+from tracking.cells import TrainedRun, peak_memory_mb
+from tracking.registry import Promotion, registered_model_name
 
 
 @dataclass
@@ -61,20 +65,9 @@ class PhaseClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
-def model_class_names(model_uri: str) -> tuple[str, ...]:
-    """The classes a logged model predicts, label order (``compare-heads predict`` names them)."""
-    return tracking.logged_class_names(model_uri)
-
-
-def load_model(model_uri: str):
-    """A model this project logged, by MLflow URI, from the configured tracking store (what
-    ``compare-heads predict`` and ``compare-heads cams`` classify and draw with)."""
-    return tracking.load_logged_model(model_uri)
-
-
 def output_dir_for(run_name: str) -> Path:
     """Where a run's plots and tables go: ``$COMPARE_HEADS_OUTPUT_DIR`` or ``outputs/``."""
-    base = os.environ.get("COMPARE_HEADS_OUTPUT_DIR") or tracking.repo_root() / "outputs"
+    base = os.environ.get("COMPARE_HEADS_OUTPUT_DIR") or runs.repo_root() / "outputs"
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return Path(base).expanduser().resolve() / f"{stamp}-{run_name}"
 
@@ -100,42 +93,37 @@ def compare_heads(
 ) -> ComparisonResult:
     """Train and fairly compare CNN classifier heads on labelled photos, Cats vs Dogs by
     default (parameters: RunConfig)."""
-    config = RunConfig.from_parameters(**locals())
+    requested = RunConfig.from_parameters(**locals())
+    precision = resolve_precision(requested.precision)  # once per run, logged as resolved
+    config = requested.resolved()
     started = time.perf_counter()
     logger = get_run_logger()
-    uri = tracking.tracking_uri()
-    tracking.check_tracking_server(uri)
-    client = tracking.client()
-    experiment_id = tracking.ensure_experiment(client)
+    uri = runs.tracking_uri()
+    runs.check_tracking_server(uri)
+    client = runs.client()
+    experiment_id = runs.ensure_experiment(client)
     run_name = flow_run.get_name() or "local"
-    flow_run_id = recovery.current_flow_run_id()
     for stale in recovery.fail_stale_runs(
-        client, experiment_id, flow_run_id, recovery.flow_run_is_active
+        client, experiment_id, recovery.current_flow_run_id(), recovery.flow_run_is_active
     ):
         logger.warning("Marked MLflow run %s FAILED: its flow run ended without closing it", stale)
     output_dir = output_dir_for(run_name)
-    parent_id = client.create_run(
-        experiment_id,
-        run_name=run_name,
-        tags={
-            recovery.FLOW_RUN_TAG: flow_run_id,
-            "kind": "comparison",
-            tracking.OUTPUT_DIR_TAG: str(output_dir),
-            **recovery.owner_tags(),
-        },
-    ).info.run_id
+    tags = {records.KIND_TAG: records.KIND_COMPARISON, records.OUTPUT_DIR_TAG: str(output_dir)}
+    parent_id = recovery.create_run(client, experiment_id, run_name, tags)
     logger.info("MLflow: %s, experiment %s, parent run %s", uri, experiment_id, parent_id)
-    with tracking.closing_run(client, parent_id):
-        tracking.log_params(client, parent_id, config.tracking_params())
+    with runs.closing_run(client, parent_id):
+        params = records.run_params(config, requested.precision, precision.reason, code_version())
+        runs.log_params(client, parent_id, {**params, **hardware_params()})
         result = _compare(config, client, experiment_id, parent_id, output_dir)
         result.tracking_uri = uri
         result.timing = _timing(result.timing, time.perf_counter() - started)
-        tracking.log_metrics(client, parent_id, result.timing)
+        runs.log_metrics(client, parent_id, result.timing)
+        client.set_tag(parent_id, records.NOTE_TAG, result.markdown)
     logger.info(
         "Done in %.1f s (tasks' own compute %.1f s, peak memory %.0f MB). Plots and tables: %s",
-        result.timing["flow_seconds"],
-        result.timing["compute_seconds"],
-        result.timing["peak_memory_mb"],
+        result.timing[records.FLOW_SECONDS],
+        result.timing[records.COMPUTE_SECONDS],
+        result.timing[records.PEAK_MEMORY_MB],
         result.output_dir,
     )
     return result
@@ -156,26 +144,19 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
             config, prepared.cache_dir, experiment_id, parent_id, prepared.skipped_images
         )
     trained_runs = [outcome.trained for outcome in outcomes]
-    test_scores = [outcome.scores for outcome in outcomes]
     compute += sum(
-        outcome.trained.compute_seconds + outcome.scores.get("evaluate_seconds", 0.0)
+        outcome.trained.compute_seconds + outcome.scores.get(records.EVALUATE_SECONDS, 0.0)
         for outcome in outcomes
     )
     with phases("compare"):
-        report, markdown = compare_runs(
+        report, markdown, results = compare_runs(
             trained_runs, experiment_id, parent_id, str(output_dir), prepared.cache_dir
         )
     promotion = None
     if config.promote:
         with phases("promote"):
-            promotion = promote_best(
-                trained_runs,
-                test_scores,
-                report.best_head,
-                prepared.cache_dir,
-                parent_id,
-                config.registered_model_name(prepared.class_names),
-            )
+            name = registered_model_name(config, prepared.class_names)
+            promotion = promote_best(results, report.best_head, prepared.cache_dir, parent_id, name)
     return ComparisonResult(
         parent_run_id=parent_id,
         experiment_id=experiment_id,
@@ -190,10 +171,10 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
         promotion=promotion,
         trained=trained_runs,
         timing={
-            "compute_seconds": compute + report.plot_seconds,
-            "preprocess_cache_hit": float(prepared.cache_hit),
-            "preprocess_compute_seconds": prepared.seconds,
-            **{f"phase_seconds_{name}": seconds for name, seconds in phases.seconds.items()},
+            records.COMPUTE_SECONDS: compute + report.plot_seconds,
+            records.PREPROCESS_CACHE_HIT: float(prepared.cache_hit),
+            records.PREPROCESS_COMPUTE_SECONDS: prepared.seconds,
+            **{records.PHASE_SECONDS_PREFIX + name: s for name, s in phases.seconds.items()},
         },
     )
 
@@ -202,8 +183,9 @@ def _timing(timing: dict[str, float], flow_seconds: float) -> dict[str, float]:
     """The parent run's time and memory metrics: flow wall time, overhead, peak memory."""
     return {
         **timing,
-        "flow_seconds": flow_seconds,
-        "overhead_fraction": max(flow_seconds - timing["compute_seconds"], 0.0) / flow_seconds,
+        records.FLOW_SECONDS: flow_seconds,
+        records.OVERHEAD_FRACTION: max(flow_seconds - timing[records.COMPUTE_SECONDS], 0.0)
+        / flow_seconds,
         # Of this flow run's process; Dask workers log theirs on each child run.
-        "peak_memory_mb": peak_memory_mb(),
+        records.PEAK_MEMORY_MB: peak_memory_mb(),
     }

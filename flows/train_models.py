@@ -14,17 +14,18 @@ from prefect.futures import as_completed
 
 from flows import runners
 from gap_models.config import RunConfig
-from tasks import recovery, tracking
-from tasks.model import ModelOutcome, train_and_evaluate
+from tasks.cell import CellOutcome, train_and_evaluate
+from tracking import recovery, runs
+from tracking.cells import CellJob
 
 
 def train_models_on(
     config: RunConfig, cache_dir: str, experiment_id: str, parent_id: str, skipped_images: int
-) -> list[ModelOutcome]:
+) -> list[CellOutcome]:
     """Train and score every (seed, head) where ``config`` places them (flows/runners.py)."""
     with get_client(sync_client=True) as prefect_client:
         api_url = str(prefect_client.api_url)
-    where = runners.placement(config, api_url, tracking.tracking_uri())
+    where = runners.placement(config, api_url, runs.tracking_uri())
     get_run_logger().info(
         "Training %d models %s", len(config.seeds) * len(config.heads), where.description
     )
@@ -36,24 +37,24 @@ def train_models_on(
 @flow(name="train-models", log_prints=True)
 def train_models(
     cache_dir: str, config: RunConfig, experiment_id: str, parent_id: str, skipped_images: int
-) -> list[ModelOutcome]:
+) -> list[CellOutcome]:
     """Every (seed, head) as its own task on this flow's task runner; results in submission
     order. Each result is fetched and released as soon as its task ends, so a worker that
     dies later holds nothing Dask would compute again. Afterwards no child run is left
     RUNNING (an attempt on a lost worker is closed FAILED)."""
     submitted = [
         train_and_evaluate.submit(
-            cache_dir, head, seed, config, experiment_id, parent_id, skipped_images
+            CellJob(cache_dir, head, seed, config, experiment_id, parent_id, skipped_images)
         )
         for seed in config.seeds
         for head in config.heads
     ]
-    outcomes: dict[int, ModelOutcome] = {}
+    outcomes: dict[int, CellOutcome] = {}
     order = {id(future): index for index, future in enumerate(submitted)}
     for future in as_completed(submitted):
         outcomes[order[id(future)]] = future.result()
         release(future)
-    client = tracking.client()
+    client = runs.client()
     for run_id in recovery.fail_open_children(
         client, experiment_id, parent_id, "left open by a lost worker; its model was retrained"
     ):

@@ -1,11 +1,10 @@
-"""compare-heads core library: data, models, training, evaluation and plots.
+"""compare-heads core library: data, models, training, evaluation, statistics and reports.
 
 Plain Python and Keras: nothing here imports Prefect or MLflow, and nothing does I/O at
-import time. The Prefect tasks in ``tasks/`` wrap these functions and do the tracking.
+import time. The Prefect tasks in ``tasks/`` wrap these functions; the ``tracking`` package
+records what they return.
 """
 
-from typing import Literal, get_args
+from gap_models.architecture import HEAD_NAMES, HeadName
 
-HeadName = Literal["fc", "fc_dropout", "gap", "avgpool"]
-HEAD_NAMES: tuple[str, ...] = get_args(HeadName)
-"""Classifier heads that ``gap_models.models.build_model`` knows, in display order."""
+__all__ = ["HEAD_NAMES", "HeadName"]

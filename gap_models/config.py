@@ -7,38 +7,16 @@ Allowed values are the ``Literal`` types below; the modules that use them import
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gap_models import HEAD_NAMES
-from gap_models.hardware import hardware_params, resolve_precision
+from gap_models.architecture import HEAD_NAMES, min_image_size
+from gap_models.hardware import resolve_precision
 
 TFDS_PREFIX = "tfds:"
 DEFAULT_SOURCE = "tfds:cats_vs_dogs"
-CATS_VS_DOGS_MODEL = "cats-vs-dogs"
-"""The registered model of Cats vs Dogs data (SPEC: its champion is models:/cats-vs-dogs@champion)."""
-MIN_FEATURE_SIDE = {"fc": 1, "fc_dropout": 1, "gap": 1, "avgpool": 2}
-"""Smallest side of the backbone's output map each head can take (avgpool pools 2x2)."""
-
-
-def feature_map_side(image_size: int) -> int:
-    """Side of the backbone's output: three valid 3x3 convolutions, each then 2x2 pooled."""
-    side = image_size
-    for _ in range(3):
-        side = (side - 2) // 2
-    return side
-
-
-def min_image_size(head: str) -> int:
-    """The smallest ``image_size`` the given head can process (22 for most, 30 for avgpool)."""
-    size = 1
-    while feature_map_side(size) < MIN_FEATURE_SIDE[head]:
-        size += 1
-    return size
-
 
 Precision = Literal["auto", "mixed_bfloat16", "float32"]
 BatchNorm = Literal["fused", "keras"]
@@ -46,6 +24,7 @@ Recipe = Literal["faithful", "improved"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 BATCH_NORMS: tuple[str, ...] = get_args(BatchNorm)
 RECIPES: tuple[str, ...] = get_args(Recipe)
+RESOLVED_PRECISIONS: tuple[str, ...] = tuple(p for p in PRECISIONS if p != "auto")
 
 
 class RunConfig(BaseModel):
@@ -208,53 +187,8 @@ class RunConfig(BaseModel):
         """A config from flow or CLI parameters, where None means "the default"."""
         return cls(**{name: value for name, value in parameters.items() if value is not None})
 
-    def registered_model_name(self, class_names: tuple[str, ...]) -> str:
-        """``model_name``, or by default ``cats-vs-dogs`` for Cats vs Dogs data (whatever the
-        source) and the source's file or folder name, made safe, for any other data."""
-        if self.model_name:
-            return self.model_name
-        if tuple(name.casefold() for name in class_names) == ("cat", "dog"):
-            return CATS_VS_DOGS_MODEL
-        stem = Path(self.source).expanduser().resolve().stem
-        return re.sub(r"[^A-Za-z0-9_.\-]+", "-", stem).strip("-.") or "compare-heads"
-
-    def training_settings(self) -> dict[str, object]:
-        """Every setting that changes what training one (head, seed) produces, beyond the
-        data: part of a child run's identity (resumption) and of its parameters. Precision
-        is the one this machine resolved ``auto`` to."""
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "image_size": self.image_size,
-            "recipe": self.recipe,
-            "precision": resolve_precision(self.precision).value,
-            "batch_norm": self.batch_norm,
-            # Models are logged and scored with BatchNorm statistics recomputed after training
-            # (with dropout off), and chosen on the validation split (final_val_accuracy).
-            "batch_norm_statistics": "precise-dropout-off",
-            "selection": "validation",
-        }
-
-    def child_params(self, head: str, seed: int, trainable_params: int) -> dict[str, object]:
-        """A child run's parameters: head, seed, the training settings, the model's size,
-        and why precision resolved as it did on the machine that trained it."""
-        return {
-            "head": head,
-            "seed": seed,
-            **self.training_settings(),
-            "trainable_params": trainable_params,
-            "precision_reason": resolve_precision(self.precision).reason,
-            **hardware_params(),
-        }
-
-    def tracking_params(self) -> dict[str, str]:
-        """The run's parameters as MLflow logs them on the parent run (strings, once), with
-        what ``precision`` resolved to on this machine, why, and the CPU it saw."""
-        precision = resolve_precision(self.precision)
-        return {
-            **{key: str(value) for key, value in self.model_dump().items()},
-            "precision_resolved": precision.value,
-            "precision_reason": precision.reason,
-            **hardware_params(),
-        }
+    def resolved(self) -> RunConfig:
+        """This config with ``precision`` resolved on this machine (``auto`` becomes what
+        the hardware computes fast): resolved once per run, then passed down and logged, so
+        every model of a run trains with the same arithmetic wherever it is placed."""
+        return self.model_copy(update={"precision": resolve_precision(self.precision).value})

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
 
-from gap_models.analysis import translation_accuracy
-from gap_models.data import cached_class_names, load_split
+from gap_models import records
+from gap_models.data import TRAIN_SPLIT, cached_class_names, load_split
 from gap_models.probabilities import class_probabilities, predicted_classes
+from gap_models.robustness import directions_of, translation_correct
 
 EPSILON = 1e-7  # Keras' clipping of probabilities in binary cross-entropy
 
@@ -47,28 +50,18 @@ def classification_metrics(
         auc = float(np.nanmean(per_class)) if not np.all(np.isnan(per_class)) else float("nan")
     predicted = predicted_classes(probabilities)
     metrics = {
-        "test_loss": float(loss),
-        "test_accuracy": float(np.mean(predicted == labels)),
-        "test_auc": auc,
+        records.TEST_LOSS: float(loss),
+        records.TEST_ACCURACY: float(np.mean(predicted == labels)),
+        records.TEST_AUC: auc,
     }
     for index, name in enumerate(class_names):
         truly, called = labels == index, predicted == index
         key = metric_name(name)
-        metrics[f"test_recall_{key}"] = float(np.mean(called[truly])) if truly.any() else 0.0
-        metrics[f"test_precision_{key}"] = float(np.mean(truly[called])) if called.any() else 0.0
+        recall = float(np.mean(called[truly])) if truly.any() else 0.0
+        precision = float(np.mean(truly[called])) if called.any() else 0.0
+        metrics[records.recall_metric(records.TEST_PREFIX, key)] = recall
+        metrics[records.precision_metric(records.TEST_PREFIX, key)] = precision
     return metrics
-
-
-def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Binary cross-entropy, accuracy at 0.5 and ROC AUC of P(class 1) against 0/1 labels."""
-    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    labels = np.asarray(labels).reshape(-1)
-    if labels.shape != probabilities.shape or labels.size == 0:
-        raise ValueError(
-            f"labels {labels.shape} and probabilities {probabilities.shape} "
-            "must have one equal, non-empty shape"
-        )
-    return classification_metrics(labels, class_probabilities(probabilities))
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -101,33 +94,67 @@ def confusion_matrix(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarra
     return matrix
 
 
-SELECTION_METRIC = "final_val_accuracy"
-"""What every decision uses (best head, seed to register, champion): the final model's
-accuracy on the validation split, with the BatchNorm statistics it is saved with. The test
-split only reports: a figure that also chose the winner would be biased upward."""
-
-
 def score_on_validation(model, cache_dir: str) -> dict[str, float]:
     """The final model's validation loss, accuracy and AUC (``final_val_*``)."""
-    images, labels = load_split(cache_dir, "validation")
-    scores = evaluate_model(model, images, labels)
-    return {f"final_val_{key.removeprefix('test_')}": value for key, value in scores.items()}
+    images, labels = load_split(cache_dir, records.SELECTION_SPLIT)
+    return records.as_validation(evaluate_model(model, images, labels))
 
 
-SHIFT_METRIC_PREFIX = "test_accuracy_shift_"
-"""Test accuracy on images shifted by N pixels is recorded as ``test_accuracy_shift_N``."""
+TRAIN_SUBSET = 2000
+"""Training photos every cell is also scored on, in inference mode (the first of the train
+split in cache order): overfitting measured on like terms with validation."""
+PREDICTION_SPLITS: tuple[str, ...] = (
+    records.SELECTION_SPLIT,
+    records.REPORT_SPLIT,
+    records.TRAIN_SUBSET_SPLIT,
+)
 
 
-def score_on_test(model, cache_dir: str) -> dict[str, float]:
-    """Everything measured on the cached test split: loss, accuracy, AUC, each class's
-    recall and precision, accuracy under each translation shift (the robustness claim); the
-    validation scores decisions are made on (``score_on_validation``); and the seconds all
-    that took."""
-    images, labels = load_split(cache_dir, "test")
+@dataclass(frozen=True)
+class CellScores:
+    """A cell's scores (metric name -> value) and its per-photo predictions by split:
+    P(class 1) for two classes, else ``(n, classes)`` probabilities, in cache order."""
+
+    metrics: dict[str, float]
+    predictions: dict[str, np.ndarray]
+    # Test photos shifted by N pixels: per photo, the directions it is right in (uint8).
+    shifts: dict[int, np.ndarray]
+
+
+def stored_predictions(probabilities: np.ndarray) -> np.ndarray:
+    """What is kept of ``(n, classes)`` probabilities: P(class 1) alone for two classes."""
+    return probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities
+
+
+def score_cell(model, cache_dir: str, progress: Callable[[str], None] | None = None) -> CellScores:
+    """Everything measured on a trained model: on the test split loss, accuracy, AUC, each
+    class's recall and precision and accuracy under each translation shift (the robustness
+    claim); the validation scores decisions are made on (``final_val_*``); loss and accuracy
+    on ``TRAIN_SUBSET`` training photos in inference mode (``train_subset_*``); the seconds
+    all that took; and the per-photo predictions of the three. ``progress`` hears which pass
+    starts (16 in all)."""
     started = time.perf_counter()
-    metrics = evaluate_model(model, images, labels, cached_class_names(cache_dir))
-    metrics.update(score_on_validation(model, cache_dir))
-    for pixels, accuracy in translation_accuracy(model, images, labels).items():
-        metrics[f"{SHIFT_METRIC_PREFIX}{pixels}"] = accuracy
-    metrics["evaluate_seconds"] = time.perf_counter() - started
-    return metrics
+    say = progress or (lambda step: None)
+    classes = cached_class_names(cache_dir)
+    predictions, metrics, shifts = {}, {}, {}
+    for split in PREDICTION_SPLITS:
+        say(split)
+        subset = split == records.TRAIN_SUBSET_SPLIT
+        images, labels = load_split(cache_dir, TRAIN_SPLIT if subset else split)
+        if subset:
+            images, labels = images[:TRAIN_SUBSET], labels[:TRAIN_SUBSET]
+        probabilities = predict_probabilities(model, images)
+        scores = classification_metrics(labels, probabilities, classes)
+        if split == records.SELECTION_SPLIT:
+            scores = records.as_validation(scores)
+        elif subset:
+            scores = records.as_train_subset(scores)
+        metrics.update(scores)
+        predictions[split] = stored_predictions(probabilities)
+        if split == records.REPORT_SPLIT:
+            shifts = translation_correct(model, images, labels, progress=say)
+            for pixels, counts in shifts.items():
+                accuracy = float(counts.mean() / len(directions_of(pixels)))
+                metrics[f"{records.SHIFT_PREFIX}{pixels}"] = accuracy
+    metrics[records.EVALUATE_SECONDS] = time.perf_counter() - started
+    return CellScores(metrics, predictions, shifts)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from gap_models import records
+
 BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
 """x86 flags (as /proc/cpuinfo names them) that mean bfloat16 matmuls run natively."""
 REPORTED_CPU_FLAGS: tuple[str, ...] = (
@@ -132,9 +134,5 @@ def resolve_precision(precision: str, hardware: Hardware | None = None) -> Choic
 def hardware_params(hardware: Hardware | None = None) -> dict[str, str]:
     """What a run logs about the machine, so runs on different CPUs can be told apart."""
     hardware = hardware or detect()
-    return {
-        "cpu_model": hardware.cpu_model,
-        "cpu_flags": hardware.reported_flags(),
-        "gpus": ",".join(f"{major}.{minor}" for major, minor in hardware.gpu_capabilities)
-        or "none",
-    }
+    gpus = ",".join(f"{major}.{minor}" for major, minor in hardware.gpu_capabilities)
+    return records.hardware_params(hardware.cpu_model, hardware.reported_flags(), gpus or "none")

@@ -7,8 +7,8 @@ from the run's seed, and the backbone's layers are built first with their own se
 one seed every head starts from identical backbone weights (the article shared one trained
 backbone object across models; we build a fresh one each time).
 
-The backbone's saved layer names keep their first prefix, ``head_`` (``head_conv1`` ...
-``head_pool3``): models already in users' registries are found and drawn by these names.
+The backbone's layers are named ``backbone_*``; class activation maps find the maps a
+``gap`` head pools by the pooling layer, not by name, so models of earlier versions draw too.
 """
 
 from __future__ import annotations
@@ -18,11 +18,17 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from gap_models import HEAD_NAMES
-from gap_models.config import BATCH_NORMS, PRECISIONS, feature_map_side, min_image_size
-from gap_models.hardware import resolve_precision
+from gap_models import records
+from gap_models.architecture import (
+    BACKBONE_FILTERS,
+    HEAD_NAMES,
+    HEADS,
+    feature_map_side,
+    min_image_size,
+)
+from gap_models.config import BATCH_NORMS, RESOLVED_PRECISIONS
 
-BACKBONE_FILTERS: tuple[int, ...] = (32, 32, 64)
+BACKBONE_PREFIX = "backbone_"
 DENSE_UNITS = 100
 DROPOUT_RATE = 0.5
 
@@ -103,12 +109,12 @@ def build_backbone(
             3,
             padding="valid",
             kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
-            name=f"head_conv{block}",
+            name=f"{BACKBONE_PREFIX}conv{block}",
             dtype=dtype,
         )(x)
-        x = norm(name=f"head_bn{block}", dtype=dtype)(x)
-        x = layers.ReLU(name=f"head_relu{block}", dtype=dtype)(x)
-        x = layers.MaxPooling2D(2, name=f"head_pool{block}", dtype=dtype)(x)
+        x = norm(name=f"{BACKBONE_PREFIX}bn{block}", dtype=dtype)(x)
+        x = layers.ReLU(name=f"{BACKBONE_PREFIX}relu{block}", dtype=dtype)(x)
+        x = layers.MaxPooling2D(2, name=f"{BACKBONE_PREFIX}pool{block}", dtype=dtype)(x)
     return x
 
 
@@ -187,7 +193,7 @@ HEAD_BUILDERS: dict[str, Callable[..., keras.KerasTensor]] = {
     "gap": gap_head,
     "avgpool": avgpool_head,
 }
-assert tuple(HEAD_BUILDERS) == HEAD_NAMES
+assert tuple(HEAD_BUILDERS) == tuple(HEADS) == HEAD_NAMES
 
 
 def build_model(
@@ -210,9 +216,11 @@ def build_model(
     """
     if head not in HEAD_BUILDERS:
         raise ValueError(f"unknown head {head!r}; allowed are {list(HEAD_BUILDERS)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; allowed are {list(PRECISIONS)}")
-    precision = resolve_precision(precision).value
+    if precision not in RESOLVED_PRECISIONS:
+        raise ValueError(
+            f"unknown precision {precision!r}; allowed are {list(RESOLVED_PRECISIONS)} "
+            "(resolve 'auto' first: gap_models.hardware.resolve_precision)"
+        )
     if image_size < min_image_size(head):
         raise ValueError(
             f"image_size {image_size} is too small for head {head!r} "
@@ -236,14 +244,9 @@ def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="binary_crossentropy" if is_binary(model) else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        metrics=[records.ACCURACY],  # history keys: records.CURVE_METRICS
     )
     return model
-
-
-def backbone_layer_names(model: keras.Model) -> list[str]:
-    """Names of the backbone's layers in a built model (for weight-identity checks)."""
-    return [layer.name for layer in model.layers if layer.name.startswith("head_")]
 
 
 def trainable_params(model: keras.Model) -> int:
@@ -265,3 +268,18 @@ def with_stock_layers(model: keras.Model) -> keras.Model:
     stock = keras.models.clone_model(model, clone_function=clone)
     stock.set_weights(model.get_weights())
     return stock
+
+
+def flops_per_image(model: keras.Model) -> int:
+    """Floating-point operations of one forward pass, counted analytically: 2 per
+    multiply-add of every convolution and dense layer (BatchNorm, pooling and activations,
+    a few per value, are left out)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            kernel = layer.kernel.shape  # (kh, kw, in, out)
+            height, width = layer.output.shape[1:3]
+            total += height * width * kernel[0] * kernel[1] * kernel[2] * kernel[3]
+        elif isinstance(layer, layers.Dense):
+            total += layer.kernel.shape[0] * layer.kernel.shape[1]
+    return int(2 * total)

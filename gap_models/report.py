@@ -1,311 +1,175 @@
-"""The comparison: per-head summary table and the plots drawn from every (head, seed) run.
+"""The report writer: a comparison written to one folder (summary tables, statistics and
+claims in report.md, the plots, the best model's confusion matrix, the class activation
+maps of the best ``gap`` model), and its Markdown texts.
 
-Figures are built with ``matplotlib.figure.Figure`` (no pyplot global state), so they are
-safe to draw from a worker thread and need no display.
+``write_report`` is the one place that decides what a comparison contains; the compare task
+fetches the cells' results from the tracker, calls it, and uploads the folder as it is.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from gap_models import HEAD_NAMES
-from gap_models.probabilities import predicted_classes
-
-HEAD_COLOURS = {
-    "fc": "tab:blue",
-    "fc_dropout": "tab:orange",
-    "gap": "tab:green",
-    "avgpool": "tab:red",
-}
-CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-
-@dataclass
-class RunResult:
-    """Everything the comparison needs from one trained (head, seed) run."""
-
-    head: str
-    seed: int
-    run_id: str
-    trainable_params: int
-    history: dict[str, list[float]]
-    test_metrics: dict[str, float]
-    train_seconds: float
-    train_images_per_second: float
-    shift_accuracy: dict[int, float] = field(default_factory=dict)
-    epoch_seconds: list[float] = field(default_factory=list)
-    model_uri: str = ""
-    # The final model on the validation split: what decisions are made on.
-    final_val_accuracy: float = float("nan")
-
-    @property
-    def best_val_accuracy(self) -> float:
-        values = self.history.get("val_accuracy") or [float("nan")]
-        return float(max(values))
-
-
-SUMMARY_COLUMNS = (
-    "head",
-    "seeds",
-    "trainable_params",
-    "final_val_accuracy",
-    "test_accuracy",
-    "test_accuracy_std",
-    "test_loss",
-    "test_auc",
-    "best_val_accuracy",
-    "final_train_minus_val_accuracy",
-    "train_seconds",
-    "train_images_per_second",
+from gap_models import records
+from gap_models.data import cached_class_names, load_split
+from gap_models.evaluation import confusion_matrix, predict_probabilities
+from gap_models.evidence import Evidence
+from gap_models.findings import analysis_markdown
+from gap_models.plots import (
+    plot_cam_grid,
+    plot_confusion_matrix,
+    plot_curves,
+    plot_generalization_gap,
+    plot_test_accuracy,
+    plot_translation,
 )
+from gap_models.probabilities import class_probabilities, predicted_classes
+from gap_models.records import RunResult
+from gap_models.results import (
+    SELECTION_TEXT,
+    best_head,
+    best_seed,
+    summarize,
+    summary_csv,
+    summary_markdown,
+)
+from gap_models.robustness import class_activation_maps
+from gap_models.verdicts import Plan, analyse
+
+ModelLoader = Callable[[str], object]
+"""Loads a logged model from its URI (the tracking layer supplies it)."""
 
 
-def _ordered_heads(results: list[RunResult]) -> list[str]:
-    present = {result.head for result in results}
-    return [head for head in HEAD_NAMES if head in present]
+@dataclass(frozen=True)
+class Report:
+    """What ``write_report`` wrote and decided."""
+
+    out_dir: Path
+    rows: list[dict]
+    best_head: str
+    summary_table: str
+    analysis_text: str
+    plot_seconds: float
+    cam_model_uri: str | None
 
 
-def summarize(results: list[RunResult]) -> list[dict]:
-    """One row per head: means over seeds (and the spread of test accuracy)."""
-    if not results:
-        raise ValueError("no run results to summarize")
-    rows = []
-    for head in _ordered_heads(results):
-        runs = [r for r in results if r.head == head]
-        accuracies = np.array([r.test_metrics["test_accuracy"] for r in runs])
-        gaps = [r.history["accuracy"][-1] - r.history["val_accuracy"][-1] for r in runs]
-        rows.append(
-            {
-                "head": head,
-                "seeds": len(runs),
-                "trainable_params": runs[0].trainable_params,
-                "final_val_accuracy": float(np.mean([r.final_val_accuracy for r in runs])),
-                "test_accuracy": float(accuracies.mean()),
-                "test_accuracy_std": float(accuracies.std(ddof=1)) if len(runs) > 1 else 0.0,
-                "test_loss": float(np.mean([r.test_metrics["test_loss"] for r in runs])),
-                "test_auc": float(np.mean([r.test_metrics["test_auc"] for r in runs])),
-                "best_val_accuracy": float(np.mean([r.best_val_accuracy for r in runs])),
-                "final_train_minus_val_accuracy": float(np.mean(gaps)),
-                "train_seconds": float(np.mean([r.train_seconds for r in runs])),
-                "train_images_per_second": float(
-                    np.mean([r.train_images_per_second for r in runs])
-                ),
-            }
+def cam_figure(model, cache_dir: str, per_class: int | None = None) -> Figure:
+    """Class activation maps of a ``gap`` model on the first test photos of each class
+    (``per_class`` each; by default 8 photos in all, at least 1 per class)."""
+    images, labels = load_split(cache_dir, records.REPORT_SPLIT)
+    classes = cached_class_names(cache_dir)
+    per_class = per_class or max(1, 8 // len(classes))
+    chosen = np.concatenate(
+        [np.flatnonzero(labels == c)[:per_class] for c in range(len(classes))]
+    ).astype(np.int64)
+    probabilities = class_probabilities(model.predict(images[chosen], verbose=0))
+    cams = class_activation_maps(model, images[chosen], predicted_classes(probabilities))
+    return plot_cam_grid(images[chosen], cams, labels[chosen], probabilities, classes)
+
+
+def confusion_figure(model, cache_dir: str, title: str) -> Figure:
+    """The confusion matrix of a model on the cached test split."""
+    images, labels = load_split(cache_dir, records.REPORT_SPLIT)
+    matrix = confusion_matrix(labels, predict_probabilities(model, images))
+    return plot_confusion_matrix(matrix, cached_class_names(cache_dir), title)
+
+
+def draw_figures(
+    results: list[RunResult], rows: list[dict], cache_dir: str, load_model: ModelLoader | None
+) -> tuple[dict[str, Figure], str | None]:
+    """Every plot of the comparison by file name, and the model the CAM grid shows."""
+    figures = {
+        "accuracy_curves.png": plot_curves(results, records.ACCURACY),
+        "loss_curves.png": plot_curves(results, records.LOSS),
+        "test_accuracy_vs_params.png": plot_test_accuracy(rows),
+        "generalization_gap.png": plot_generalization_gap(results),
+        "translation_robustness.png": plot_translation(results),
+    }
+    if load_model is None:
+        return figures, None
+    winner = best_seed(results, best_head(rows))
+    if winner is not None and winner.model_uri:
+        title = f"{winner.head} seed {winner.seed}, test split"
+        figures["confusion_matrix.png"] = confusion_figure(
+            load_model(winner.model_uri), cache_dir, title
         )
-    return rows
+    gap = best_seed(results, "gap")
+    if gap is None or not gap.model_uri:
+        return figures, None
+    figures["cam_grid.png"] = cam_figure(load_model(gap.model_uri), cache_dir)
+    return figures, gap.model_uri
 
 
-def best_head(rows: list[dict]) -> str:
-    """The head with the highest mean final validation accuracy (ties: fewer parameters win).
-    Chosen on validation, so its test accuracy stays an unbiased report."""
-    return max(rows, key=lambda row: (row["final_val_accuracy"], -row["trainable_params"]))["head"]
+def write_report(
+    results: list[RunResult],
+    evidence: Evidence,
+    out_dir: str | Path,
+    cache_dir: str,
+    load_model: ModelLoader | None = None,
+) -> Report:
+    """Write ``plots/*.png``, ``summary.csv``, ``summary.md`` and ``report.md`` to
+    ``out_dir``; ``load_model`` (a URI -> model function) enables the CAM grid. The report's
+    statistics are the studies' (``gap_models.findings``) on this run's cells."""
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    rows = summarize(results)
+    started = time.perf_counter()
+    figures, cam_model = draw_figures(results, rows, cache_dir, load_model)
+    plot_seconds = time.perf_counter() - started
+    for name, figure in figures.items():
+        figure.savefig(out / "plots" / name, dpi=110)
+    table = summary_markdown(rows)
+    analysis = analysis_markdown(analyse(evidence, Plan.every_pair(list(evidence.arms))), "###")
+    (out / "summary.csv").write_text(summary_csv(rows))
+    (out / "summary.md").write_text(table)
+    (out / "report.md").write_text(report_markdown(results, table, analysis))
+    return Report(out, rows, best_head(rows), table, analysis, plot_seconds, cam_model)
 
 
-def summary_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: row[key] for key in SUMMARY_COLUMNS})
-    return buffer.getvalue()
-
-
-def summary_markdown(rows: list[dict], links: dict[str, str] | None = None) -> str:
-    """A Markdown table; ``links`` maps a head to a URL (its MLflow runs) for the head cell."""
-    links = links or {}
-    header = (
-        "| head | seeds | trainable params | test accuracy | test loss | test AUC "
-        "| best val accuracy | train - val accuracy (last epoch) | train s | images/s |"
+def overview_markdown(report: Report, links: dict[str, str]) -> str:
+    """The short version for a dashboard: table (heads linked), winner, statistics, claims."""
+    return "\n".join(
+        [
+            "# compare-heads",
+            "",
+            summary_markdown(report.rows, links),
+            f"Best head by {SELECTION_TEXT}: **{report.best_head}**.",
+            "",
+            report.analysis_text,
+        ]
     )
-    lines = [header, "|" + "---|" * 10]
-    for row in rows:
-        head = f"[{row['head']}]({links[row['head']]})" if row["head"] in links else row["head"]
-        accuracy = f"{row['test_accuracy']:.4f}"
-        if row["seeds"] > 1:
-            accuracy += f" ± {row['test_accuracy_std']:.4f}"
-        lines.append(
-            f"| {head} | {row['seeds']} | {row['trainable_params']:,} | {accuracy} "
-            f"| {row['test_loss']:.4f} | {row['test_auc']:.4f} | {row['best_val_accuracy']:.4f} "
-            f"| {row['final_train_minus_val_accuracy']:+.4f} | {row['train_seconds']:.1f} "
-            f"| {row['train_images_per_second']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
-def _mean_curve(runs: list[RunResult], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    length = min(len(r.history.get(metric, [])) for r in runs)
-    values = np.array([r.history[metric][:length] for r in runs])
-    return values.mean(axis=0), values.min(axis=0), values.max(axis=0)
-
-
-def plot_curves(results: list[RunResult], metric: str) -> Figure:
-    """Training (dashed) and validation (solid) ``metric`` per epoch, one colour per head.
-
-    With several seeds the line is the mean and the band spans min to max.
-    """
-    if metric not in ("accuracy", "loss"):
-        raise ValueError(f"metric must be 'accuracy' or 'loss', not {metric!r}")
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    axes = figure.add_subplot()
-    for head in _ordered_heads(results):
-        runs = [r for r in results if r.head == head]
-        colour = HEAD_COLOURS[head]
-        for prefix, style, label in (("", "--", "train"), ("val_", "-", "validation")):
-            mean, low, high = _mean_curve(runs, prefix + metric)
-            epochs = np.arange(1, len(mean) + 1)
-            axes.plot(epochs, mean, style, color=colour, marker="o", label=f"{head} {label}")
-            if len(runs) > 1:
-                axes.fill_between(epochs, low, high, color=colour, alpha=0.15)
+def report_markdown(results: list[RunResult], summary_table: str, analysis: str) -> str:
+    """``report.md``: the summary, then the analysis with the claims and their rules."""
     seeds = sorted({r.seed for r in results})
-    axes.set_title(f"{metric.capitalize()} per epoch (seeds {seeds}; train dashed)")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel(metric)
-    axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.grid(alpha=0.3)
-    axes.legend(ncol=2, fontsize="small")
-    return figure
-
-
-def plot_test_accuracy(rows: list[dict]) -> Figure:
-    """Test accuracy per head (error bar: std over seeds) beside its trainable parameters."""
-    figure = Figure(figsize=(10, 4.5), layout="constrained")
-    accuracy_axes, params_axes = figure.subplots(1, 2)
-    heads = [row["head"] for row in rows]
-    colours = [HEAD_COLOURS[head] for head in heads]
-    accuracies = [row["test_accuracy"] for row in rows]
-    errors = [row["test_accuracy_std"] for row in rows]
-    bars = accuracy_axes.bar(heads, accuracies, yerr=errors, color=colours, capsize=4)
-    accuracy_axes.bar_label(bars, labels=[f"{a:.3f}" for a in accuracies], padding=3)
-    low = max(0.0, math.floor((min(accuracies) - 0.1) * 10) / 10)
-    accuracy_axes.set_ylim(low, 1.0)
-    accuracy_axes.set_title("Test accuracy (held-out split)")
-    params = [row["trainable_params"] for row in rows]
-    bars = params_axes.bar(heads, params, color=colours)
-    params_axes.bar_label(bars, labels=[f"{p:,}" for p in params], padding=3)
-    params_axes.set_yscale("log")
-    params_axes.set_title("Trainable parameters (log scale)")
-    for axes in (accuracy_axes, params_axes):
-        axes.grid(axis="y", alpha=0.3)
-    return figure
-
-
-# --- the article's claims ------------------------------------------------------------------
-
-
-def plot_generalization_gap(results: list[RunResult]) -> Figure:
-    """Train minus validation accuracy per epoch, one colour per head (mean over seeds)."""
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    axes = figure.add_subplot()
-    for head in _ordered_heads(results):
-        runs = [r for r in results if r.head == head]
-        length = min(len(r.history["accuracy"]) for r in runs)
-        gaps = np.array(
-            [
-                np.subtract(r.history["accuracy"][:length], r.history["val_accuracy"][:length])
-                for r in runs
-            ]
-        )
-        epochs = np.arange(1, length + 1)
-        axes.plot(epochs, gaps.mean(axis=0), "-o", color=HEAD_COLOURS[head], label=head)
-        if len(runs) > 1:
-            axes.fill_between(
-                epochs, gaps.min(axis=0), gaps.max(axis=0), color=HEAD_COLOURS[head], alpha=0.15
-            )
-    axes.axhline(0, color="grey", linewidth=0.8)
-    axes.set_title("Overfitting: train minus validation accuracy per epoch")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("train accuracy - validation accuracy")
-    axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    return figure
-
-
-def plot_translation(results: list[RunResult]) -> Figure:
-    """Test accuracy against shift in pixels (mean over seeds, band min-max), per head."""
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    axes = figure.add_subplot()
-    for head in _ordered_heads(results):
-        runs = [r for r in results if r.head == head and r.shift_accuracy]
-        if not runs:
-            continue
-        shifts = sorted(runs[0].shift_accuracy)
-        values = np.array([[r.shift_accuracy[s] for s in shifts] for r in runs])
-        axes.plot(shifts, values.mean(axis=0), "-o", color=HEAD_COLOURS[head], label=head)
-        if len(runs) > 1:
-            axes.fill_between(
-                shifts, values.min(axis=0), values.max(axis=0), color=HEAD_COLOURS[head], alpha=0.15
-            )
-    axes.set_title("Translation robustness: test images shifted, edge-filled (4 directions)")
-    axes.set_xlabel("shift (pixels)")
-    axes.set_ylabel("test accuracy")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    return figure
-
-
-def plot_cam_grid(
-    images: np.ndarray,
-    cams: np.ndarray,
-    labels: np.ndarray,
-    probabilities: np.ndarray,
-    class_names: tuple[str, ...] = ("cat", "dog"),
-) -> Figure:
-    """Per photo: the photo, and where the evidence for its classes lies.
-
-    Two classes: ``cams`` are class-1 evidence maps (positive = class 1, "dog"); the class-0
-    map is the negated map. Both maps of a photo are clipped at zero and share one colour
-    scale, the photo's largest evidence of either sign: strong evidence shows strongly, and
-    the weak evidence for the losing class stays faint instead of being stretched to full
-    colour. More classes: the map of the predicted class. Overlaid at 50%.
-    """
-    binary = len(class_names) == 2
-    count = len(images)
-    columns = 3 if binary else 2
-    figure = Figure(figsize=(2.2 * columns, 2.2 * count), layout="constrained")
-    grid = figure.subplots(count, columns, squeeze=False)
-    predicted = predicted_classes(probabilities)
-    for row in range(count):
-        truth, guess = class_names[labels[row]], class_names[predicted[row]]
-        grid[row, 0].imshow(images[row])
-        title = f"{truth}: P({guess})={probabilities[row, predicted[row]]:.2f}"
-        grid[row, 0].set_title(title, fontsize=9)
-        scale = float(np.abs(cams[row]).max()) or 1.0
-        panels = (
-            ((1, class_names[1], "Reds"), (-1, class_names[0], "Blues"))
-            if binary
-            else ((1, guess, "Reds"),)
-        )
-        for column, (sign, name, colours) in enumerate(panels, 1):
-            grid[row, column].imshow(images[row])
-            evidence = np.clip(sign * cams[row], 0, None)
-            grid[row, column].imshow(evidence, cmap=colours, alpha=0.5, vmin=0, vmax=scale)
-            grid[row, column].set_title(f"evidence for {name}", fontsize=9)
-    for axes in grid.flat:
-        axes.set_axis_off()
-    return figure
-
-
-def plot_confusion_matrix(matrix: np.ndarray, class_names: tuple[str, ...], title: str) -> Figure:
-    """Counts of (true, predicted) class on the test split, rows normalised by colour."""
-    figure = Figure(figsize=(1.6 + 0.55 * len(class_names), 1.2 + 0.5 * len(class_names)))
-    axes = figure.subplots()
-    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    for (row, column), count in np.ndenumerate(matrix):
-        colour = "white" if shares[row, column] > 0.6 else "black"
-        axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=8)
-    ticks = range(len(class_names))
-    axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
-    axes.set_yticks(ticks, class_names, fontsize=8)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(title, fontsize=9)
-    figure.set_layout_engine("constrained")
-    return figure
+    return "\n".join(
+        [
+            "# compare-heads report",
+            "",
+            f"Heads {[row[records.HEAD] for row in summarize(results)]}, seeds {seeds}. The best "
+            f"head is chosen by {SELECTION_TEXT}. Every head of one seed started from identical "
+            "backbone weights.",
+            "",
+            "## Summary",
+            "",
+            summary_table,
+            "## Statistics",
+            "",
+            analysis,
+            "Translation rule: each test photo is shifted by 0, 10, 20 and 30 pixels right, "
+            "left, down and up; the uncovered band repeats the photo's edge pixels.",
+            "",
+            "Why only `gap` has class activation maps: its logit is the spatial mean of "
+            "sum_k w_k A_k(x, y) + b, so that sum, map by map, says how much each position votes "
+            "for each class. The `fc` head flattens the maps and mixes every position with "
+            "every channel in its first dense layer: no per-position contribution exists.",
+            "",
+        ]
+    )

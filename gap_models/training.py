@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import keras
 
+from gap_models import records
 from gap_models.config import RECIPES, RunConfig
-from gap_models.data import load_split, make_dataset
-from gap_models.hardware import resolve_precision
+from gap_models.data import TRAIN_SPLIT, load_split, make_dataset
 from gap_models.models import build_model, compile_model
 
 EpochLogger = Callable[[int, dict[str, float]], None]
@@ -42,21 +42,11 @@ class EpochReporter(keras.callbacks.Callback):
         seconds = time.perf_counter() - self._started
         self.epoch_seconds.append(seconds)
         metrics = {key: float(value) for key, value in (logs or {}).items()}
-        metrics["epoch_seconds"] = seconds
-        metrics["images_per_second"] = self._train_images / seconds if seconds else 0.0
+        metrics[records.EPOCH_SECONDS] = seconds
+        metrics[records.IMAGES_PER_SECOND] = self._train_images / seconds if seconds else 0.0
         reporting_started = time.perf_counter()
         self._on_epoch(epoch + 1, metrics)
         self.reporting_seconds += time.perf_counter() - reporting_started
-
-
-def describe_epoch(label: str, epoch: int, epochs: int, metrics: dict[str, float]) -> str:
-    """One log line for an epoch: its losses, accuracies, seconds and images per second."""
-    return (
-        f"{label} epoch {epoch}/{epochs}: loss {metrics['loss']:.4f} accuracy "
-        f"{metrics['accuracy']:.4f} val_loss {metrics['val_loss']:.4f} val_accuracy "
-        f"{metrics['val_accuracy']:.4f} ({metrics['epoch_seconds']:.1f} s, "
-        f"{metrics['images_per_second']:.0f} images/s)"
-    )
 
 
 @dataclass
@@ -82,13 +72,13 @@ class TrainingResult:
     def final_metrics(self) -> dict[str, float]:
         """The run-level figures a tracker records once training is over."""
         return {
-            "train_seconds": self.train_seconds,
-            "train_images_per_second": self.images_per_second,
-            "best_val_accuracy": self.best_val_accuracy,
-            "epochs_run": self.epochs,
-            "bn_recalibration_batches": self.recalibration_batches,
-            "epoch_logging_seconds": self.reporting_seconds,
-            "augmentation_mean_abs_change": self.augmentation_change,
+            records.TRAIN_SECONDS: self.train_seconds,
+            records.TRAIN_IMAGES_PER_SECOND: self.images_per_second,
+            records.BEST_VAL_ACCURACY: self.best_val_accuracy,
+            records.EPOCHS_RUN: self.epochs,
+            records.BN_RECALIBRATION_BATCHES: self.recalibration_batches,
+            records.EPOCH_LOGGING_SECONDS: self.reporting_seconds,
+            records.AUGMENTATION_CHANGE: self.augmentation_change,
         }
 
     @property
@@ -98,7 +88,7 @@ class TrainingResult:
 
     @property
     def best_val_accuracy(self) -> float:
-        return max(self.history.get("val_accuracy", [float("nan")]))
+        return max(self.history.get(records.VAL_ACCURACY, [float("nan")]))
 
 
 # Recipes (RunConfig.recipe): ``faithful`` is the article's training, unchanged.
@@ -153,15 +143,19 @@ def recipe_callbacks(recipe: str, calibration_data=None) -> list[keras.callbacks
 
     ``calibration_data`` (unaugmented training batches) lets the improved recipe validate
     with recalibrated BatchNorm statistics."""
-    if recipe not in RECIPES:
+    if recipe not in RECIPES:  # also called directly by benchmarks, not only via RunConfig
         raise ValueError(f"unknown recipe {recipe!r}; allowed are {list(RECIPES)}")
     if recipe == "faithful":
         return []
     precise = [] if calibration_data is None else [PreciseBatchNormValidation(calibration_data)]
     return [
         *precise,
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_lr=1e-5),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=records.VAL_LOSS, factor=0.5, patience=1, min_lr=1e-5
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor=records.VAL_LOSS, patience=3, restore_best_weights=True
+        ),
     ]
 
 
@@ -202,16 +196,16 @@ def train_model(
 def build_training_model(
     head: str, seed: int, config: RunConfig, num_classes: int = 2
 ) -> keras.Model:
-    """A fresh, compiled model for (head, seed) with the run's settings and the data's
-    number of classes, in a clean Keras session (earlier models' graphs are freed: peak
-    memory) and seeded random state."""
+    """A fresh, compiled model for (head, seed) with the run's settings (precision resolved:
+    ``RunConfig.resolved``) and the data's number of classes, in a clean Keras session
+    (earlier models' graphs are freed: peak memory) and seeded random state."""
     keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(seed)
     model = build_model(
         head,
         config.image_size,
         seed,
-        precision=resolve_precision(config.precision).value,
+        precision=config.precision,
         batch_norm=config.batch_norm,
         num_classes=num_classes,
     )
@@ -229,8 +223,8 @@ def fit_head(
     on the validation split, with the run's recipe; then recompute BatchNorm's statistics
     over training batches ("precise BN"), so the model that is scored and saved does not
     carry Keras' lagging moving averages."""
-    train_images, train_labels = load_split(cache_dir, "train")
-    val_images, val_labels = load_split(cache_dir, "validation")
+    train_images, train_labels = load_split(cache_dir, TRAIN_SPLIT)
+    val_images, val_labels = load_split(cache_dir, records.SELECTION_SPLIT)
     augment = augmenter(seed) if config.recipe == "improved" else None
     # Unaugmented, in order: what the statistics are computed over (during and after fit).
     calibration = make_dataset(train_images, train_labels, config.batch_size)

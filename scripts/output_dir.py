@@ -12,8 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tasks.recovery import FLOW_RUN_TAG  # noqa: E402
-from tasks.tracking import OUTPUT_DIR_TAG  # noqa: E402
+from gap_models.records import FLOW_RUN_TAG, OUTPUT_DIR_TAG  # noqa: E402
 
 
 def main(flow_run_id: str, experiment_id: str) -> None:

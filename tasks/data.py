@@ -11,8 +11,9 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from gap_models import data
-from tasks import run_logger, tracking
+from gap_models import data, records
+from tasks import run_logger
+from tracking import runs
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def preprocess(
         split_counts=manifest["split_counts"],
         cache_hit=prepared.cache_hit,
         seconds=prepared.seconds,
-        class_names=tuple(manifest["class_names"]),
+        class_names=data.cached_class_names(prepared.cache_dir),
         skipped=manifest["skipped"],
     )
 
@@ -109,16 +110,15 @@ def record_data(prepared: PreparedRef, parent_run_id: str) -> None:
     """On the parent run: the data as an MLflow dataset input, the class names, the counts,
     and the list of skipped files (with reasons) as an MLflow and a Prefect artifact, so
     nothing is dropped silently."""
-    client = tracking.client()
-    tracking.log_dataset(client, parent_run_id, data.read_manifest(Path(prepared.cache_dir)))
-    tracking.log_params(client, parent_run_id, {"class_names": ",".join(prepared.class_names)})
-    tracking.log_metrics(
-        client,
-        parent_run_id,
-        {"images_used": prepared.images_used, "skipped_images": prepared.skipped_images},
-    )
-    for reason, count in prepared.skipped_by_reason.items():
-        tracking.log_metrics(client, parent_run_id, {f"skipped_{reason}": count})
+    client = runs.client()
+    runs.log_dataset(client, parent_run_id, data.read_manifest(Path(prepared.cache_dir)))
+    runs.log_params(client, parent_run_id, {records.CLASS_NAMES: ",".join(prepared.class_names)})
+    counts = {
+        records.IMAGES_USED: prepared.images_used,
+        records.SKIPPED_IMAGES: prepared.skipped_images,
+        **{records.SKIPPED_PREFIX + r: n for r, n in prepared.skipped_by_reason.items()},
+    }
+    runs.log_metrics(client, parent_run_id, counts)
     client.log_text(parent_run_id, skipped_files_csv(prepared.skipped), "skipped_files.csv")
     if prepared.skipped:
         create_table_artifact(

@@ -16,13 +16,13 @@ this package's name does not change what the other modules see. Nothing here doe
 import time, and TensorFlow is imported only when a tfds source or dataset is used.
 """
 
-from gap_models.data import selection
 from gap_models.data.cache import (
     PREPROCESS_VERSION,
     PreparedData,
     cache_key,
     cached_class_names,
     default_cache_dir,
+    load_ids,
     load_split,
     local_cache,
     preprocess,
@@ -30,7 +30,13 @@ from gap_models.data.cache import (
 )
 from gap_models.data.decoding import MAX_DECODE_PIXELS, ImageDecodeError, decode_image
 from gap_models.data.pipeline import make_dataset
-from gap_models.data.selection import SPLIT_NAMES, ProgressCallback, assign_split, hash_order
+from gap_models.data.selection import (
+    SPLIT_NAMES,
+    TRAIN_SPLIT,
+    ProgressCallback,
+    assign_split,
+    hash_order,
+)
 from gap_models.data.sources import (
     NETWORK_TIMEOUT_SECONDS,
     TFDS_CLASS_NAMES,
@@ -48,15 +54,12 @@ from gap_models.data.sources import (
     scan_source,
 )
 
-_decode_selected = selection.decode_selected
-"""The name the one-module layout had; tests/integration/test_flow.py still patches it.
-Patching it here does not reach ``cache.preprocess``: patch ``cache.decode_selected``."""
-
 __all__ = [
     "MAX_DECODE_PIXELS",
     "NETWORK_TIMEOUT_SECONDS",
     "PREPROCESS_VERSION",
     "SPLIT_NAMES",
+    "TRAIN_SPLIT",
     "TFDS_CLASS_NAMES",
     "TFDS_HOST",
     "DataError",
@@ -78,6 +81,7 @@ __all__ = [
     "hash_order",
     "iter_source",
     "list_source",
+    "load_ids",
     "load_split",
     "local_cache",
     "make_dataset",

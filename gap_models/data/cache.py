@@ -22,12 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_models.data.selection import SPLIT_NAMES, ProgressCallback, decode_selected, hash_order
+from gap_models.data.selection import (
+    SPLIT_NAMES,
+    ProgressCallback,
+    Selected,
+    decode_selected,
+    hash_order,
+)
 from gap_models.data.sources import DataError, class_names, fingerprint_source, iter_source
 
-PREPROCESS_VERSION = 3
-"""Bump when decoding, resizing or the manifest changes: it is part of every cache key
-(3: class names in the manifest, any number of classes)."""
+PREPROCESS_VERSION = 4
+"""Part of every cache key: bump it when decoding, resizing or the manifest's content
+changes, so no cache of the old format is read."""
 
 
 @dataclass
@@ -108,9 +114,10 @@ def preprocess(
     _check_writable(cache_root)  # before minutes of decoding, not after
     classes = class_names(source)
     ordered = hash_order(list(iter_source(source)))
-    arrays, labels, skipped = decode_selected(
+    selected = decode_selected(
         ordered, image_size, split, max_images, progress, workers, len(classes)
     )
+    labels, skipped = selected.labels, selected.skipped
     counts = {name: Counter(int(label) for label in labels[name]) for name in SPLIT_NAMES}
     _check_enough(source, counts, skipped, classes)
     manifest = {
@@ -130,7 +137,7 @@ def preprocess(
         },
         "preprocess_seconds": round(time.perf_counter() - started, 3),
     }
-    _write_cache_atomically(cache_dir, arrays, labels, manifest)
+    _write_cache_atomically(cache_dir, selected, manifest)
     final = read_manifest(cache_dir) or manifest
     return PreparedData(cache_dir, final, seconds=time.perf_counter() - started, skipped=skipped)
 
@@ -194,9 +201,7 @@ def _check_writable(cache_root: Path) -> None:
         ) from error
 
 
-def _write_cache_atomically(
-    cache_dir: Path, arrays: dict[str, np.ndarray], labels: dict[str, np.ndarray], manifest: dict
-) -> None:
+def _write_cache_atomically(cache_dir: Path, selected: Selected, manifest: dict) -> None:
     """Write into a temporary sibling folder, then rename it into place in one step.
 
     If another run finished the same cache first, ours is discarded. On any error the
@@ -206,8 +211,9 @@ def _write_cache_atomically(
     try:
         temporary.mkdir(parents=True)
         for name in SPLIT_NAMES:
-            np.save(temporary / f"images_{name}.npy", arrays[name])
-            np.save(temporary / f"labels_{name}.npy", labels[name])
+            np.save(temporary / f"images_{name}.npy", selected.images[name])
+            np.save(temporary / f"labels_{name}.npy", selected.labels[name])
+            np.save(temporary / f"ids_{name}.npy", selected.ids[name])
         (temporary / "manifest.json").write_text(json.dumps(manifest, indent=1))
         try:
             os.rename(temporary, cache_dir)
@@ -236,6 +242,13 @@ def load_split(cache_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     path = Path(cache_dir) / f"images_{name}.npy"
     images = _mapped(str(path.resolve()), path.stat().st_mtime_ns)
     return images, np.load(Path(cache_dir) / f"labels_{name}.npy")
+
+
+def load_ids(cache_dir: str | Path, name: str) -> np.ndarray:
+    """The content ids (uint64) of one split's photos, in the split's order."""
+    if name not in SPLIT_NAMES:
+        raise ValueError(f"unknown split {name!r}; allowed are {list(SPLIT_NAMES)}")
+    return np.load(Path(cache_dir) / f"ids_{name}.npy")
 
 
 @functools.lru_cache(maxsize=16)

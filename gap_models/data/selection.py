@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from gap_models.data.decoding import CHUNK_SIZE, Decoded, DecoderPool, ImageDeco
 from gap_models.data.sources import SourceFile
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
+TRAIN_SPLIT = SPLIT_NAMES[0]
 _BATCH_FILES = 8 * CHUNK_SIZE
 """Files decoded between two quota checks: enough chunks to keep every decoding thread busy."""
 
@@ -116,6 +118,7 @@ class _Selection:
         self.split = split
         self.images: dict[str, list[np.ndarray]] = {name: [] for name in SPLIT_NAMES}
         self.labels: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
+        self.ids: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
         self.skipped: list[dict] = []
         self.count = 0
 
@@ -123,6 +126,7 @@ class _Selection:
         name = assign_split(digest, self.split)
         self.images[name].append(pixels)
         self.labels[name].append(source_file.label)
+        self.ids[name].append(content_id(digest))
         self.count += 1
 
     def skip(self, source_file: SourceFile, error: ImageDecodeError) -> None:
@@ -130,16 +134,31 @@ class _Selection:
             {"file": source_file.name, "reason": error.reason, "detail": error.detail}
         )
 
-    def arrays(
-        self, image_size: int
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict]]:
-        """(images by split, labels by split, skipped files), as ``decode_selected`` returns."""
+    def arrays(self, image_size: int) -> Selected:
+        """What ``decode_selected`` returns."""
         empty = np.zeros((0, image_size, image_size, 3), np.uint8)
-        return (
+        return Selected(
             {n: np.stack(self.images[n]) if self.images[n] else empty for n in SPLIT_NAMES},
             {n: np.asarray(self.labels[n], dtype=np.uint8) for n in SPLIT_NAMES},
+            {n: np.asarray(self.ids[n], dtype=np.uint64) for n in SPLIT_NAMES},
             self.skipped,
         )
+
+
+@dataclass(frozen=True)
+class Selected:
+    """The decoded photos by split (images, labels, content ids) and the skipped files."""
+
+    images: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    ids: dict[str, np.ndarray]
+    skipped: list[dict]
+
+
+def content_id(digest: str) -> int:
+    """A photo's content id: the first 64 bits of its sha256 (what records pair photos by;
+    byte-identical photos share it and always land in the same split)."""
+    return int(digest[:16], 16)
 
 
 def _decode_batch(
@@ -160,7 +179,7 @@ def decode_selected(
     progress: ProgressCallback | None,
     workers: int | None,
     num_classes: int = 2,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict]]:
+) -> Selected:
     """Decode files in hash order (in parallel), honouring the per-class quota.
 
     Before each batch, files of classes that have their quota are dropped, so a small

@@ -17,8 +17,9 @@ from gap_models import HEAD_NAMES
 from gap_models.data import load_split
 from gap_models.hardware import detect, resolve_precision
 from gap_models.predict import classify_files
-from tasks.tracking import load_logged_model
+from gap_models.provenance import code_version
 from tests.fixtures import REGISTERED_MODEL, child_runs, make_pet_image, make_pet_images, zip_folder
+from tracking.logged_model import load_logged_model
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +59,11 @@ def test_parent_run_has_params_counts_and_plots(flow_result):
     parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["epochs"] == str(EPOCHS)
+    assert parent.data.params["precision"] == resolve_precision("auto").value
+    assert parent.data.params["precision_requested"] == "auto"
+    assert parent.data.params["precision_reason"].startswith("auto:")
+    assert parent.data.tags["mlflow.source.name"] == "flows/compare_heads.py"
+    assert "Best head by mean final validation accuracy" in parent.data.tags["mlflow.note.content"]
     assert parent.data.metrics["images_used"] == 120
     assert parent.data.metrics["skipped_images"] == 0
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
@@ -105,10 +111,12 @@ def test_one_child_per_head_with_spec_params_and_metrics(flow_result):
         assert metrics["train_images_per_second"] > 0
         # Per-epoch tracking is timed; it is a small part of the fit it reports on.
         assert 0 < metrics["epoch_logging_seconds"] < metrics["train_seconds"]
-        # precision "auto" resolved on this machine, with the reason and the CPU it saw
+        # precision "auto" resolved once for the run (the reason is on the parent run), the
+        # CPU each model trained on, and the code version (part of the key that resumes)
         assert params["precision"] == resolve_precision("auto").value
-        assert params["precision_reason"].startswith("auto:") and params["batch_norm"] == "fused"
+        assert params["batch_norm"] == "fused"
         assert params["cpu_flags"] == detect().reported_flags()
+        assert params["code_version"] == code_version()
         # The faithful recipe: nothing but the epoch reporter inside fit, no augmentation.
         assert params["callbacks"] == "EpochReporter"
         assert metrics["augmentation_mean_abs_change"] == 0 and metrics["epochs_run"] == EPOCHS

@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from flows.compare_heads import compare_heads
-from tasks.tracking import load_logged_model, logged_class_names
 from tests.fixtures import child_runs
+from tracking.logged_model import load_logged_model, logged_class_names
 
 pytestmark = pytest.mark.integration
 

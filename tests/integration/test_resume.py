@@ -7,7 +7,7 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-import tasks.train
+import tracking.cells
 from flows.compare_heads import compare_heads
 from tests.fixtures import child_runs, make_pet_images
 
@@ -21,7 +21,7 @@ def test_rerun_after_a_crash_reuses_finished_heads(
 ):
     source = str(make_pet_images(tmp_path / "photos", per_class=60, size=32))
     uri = tracking_uri
-    real_train = tasks.train.fit_head
+    real_train = tracking.cells.fit_head
     trained_heads: list[str] = []
 
     def crash_on_fc(model, *args, **kwargs):
@@ -30,7 +30,7 @@ def test_rerun_after_a_crash_reuses_finished_heads(
             raise RuntimeError("worker lost in the middle of training")
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(tasks.train, "fit_head", crash_on_fc)
+    monkeypatch.setattr(tracking.cells, "fit_head", crash_on_fc)
     with pytest.raises(RuntimeError, match="worker lost"):
         compare_heads(source=source, **PARAMS)
     client = MlflowClient(uri)
@@ -44,8 +44,17 @@ def test_rerun_after_a_crash_reuses_finished_heads(
         experiment, run_name="orphan", tags={"prefect.flow_run_id": str(uuid.uuid4())}
     ).info.run_id
 
+    # The same settings under other code: nothing of the crashed run may be adopted.
+    real_version = tracking.cells.code_version
+    monkeypatch.setattr(tracking.cells, "code_version", lambda: "other-code-version")
+    trained_heads.clear()
+    with pytest.raises(RuntimeError, match="worker lost"):
+        compare_heads(source=source, **PARAMS)
+    assert trained_heads == ["gap", "fc"]  # gap retrained: its finished run is older code
+    monkeypatch.setattr(tracking.cells, "code_version", real_version)
+
     monkeypatch.setattr(
-        tasks.train,
+        tracking.cells,
         "fit_head",
         lambda model, *a, **k: (trained_heads.append(model.name), real_train(model, *a, **k))[1],
     )

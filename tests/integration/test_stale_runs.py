@@ -9,7 +9,8 @@ import sys
 
 from mlflow import MlflowClient
 
-from tasks import recovery, tracking
+from tracking import recovery
+from tracking import runs as tracking
 
 
 def _dead_pid() -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gap_models.config import RunConfig, feature_map_side, min_image_size
+from gap_models.architecture import feature_map_side, min_image_size
+from gap_models.config import RunConfig
 
 
 def test_defaults_match_the_spec():

@@ -55,9 +55,18 @@ def test_cpuinfo_is_parsed_for_x86_and_arm():
     assert flags == {"fp", "asimd", "bf16"}
 
 
-def test_this_machine_resolves_and_the_run_logs_it():
-    params = RunConfig(source="tfds:cats_vs_dogs").tracking_params()
-    assert params["precision"] == "auto"
-    assert params["precision_resolved"] == resolve_precision("auto").value
-    assert params["cpu_flags"] == detect().reported_flags()
-    assert params["cpu_model"]
+def test_this_machine_resolves_once_and_the_run_logs_it():
+    from gap_models import records
+    from gap_models.hardware import hardware_params
+
+    requested = RunConfig(source="tfds:cats_vs_dogs")
+    choice = resolve_precision(requested.precision)
+    config = requested.resolved()
+    assert requested.precision == "auto" and config.precision == choice.value != "auto"
+    params = records.run_params(config, requested.precision, choice.reason, "code")
+    assert params["precision"] == choice.value
+    assert params["precision_requested"] == "auto"
+    assert params["code_version"] == "code"
+    machine = hardware_params()
+    assert machine["cpu_flags"] == detect().reported_flags()
+    assert machine["cpu_model"]

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from gap_models import HEAD_NAMES
-from gap_models.hardware import ONEDNN_ISAS_WITHOUT_BF16
-from gap_models.models import backbone_layer_names, build_model, trainable_params
+from gap_models.hardware import ONEDNN_ISAS_WITHOUT_BF16, resolve_precision
+from gap_models.models import BACKBONE_PREFIX, build_model, trainable_params
 
 HEAD_LAYERS = [
     "rescale",
-    "head_conv1", "head_bn1", "head_relu1", "head_pool1",
-    "head_conv2", "head_bn2", "head_relu2", "head_pool2",
-    "head_conv3", "head_bn3", "head_relu3", "head_pool3",
+    "backbone_conv1", "backbone_bn1", "backbone_relu1", "backbone_pool1",
+    "backbone_conv2", "backbone_bn2", "backbone_relu2", "backbone_pool2",
+    "backbone_conv3", "backbone_bn3", "backbone_relu3", "backbone_pool3",
 ]  # fmt: skip
 BACKEND_LAYERS = {
     "fc": ["flatten", "fc_bn1", "fc_dense1", "fc_relu1", "fc_bn2", "fc_dense2", "fc_relu2", "output"],
@@ -78,10 +78,10 @@ def test_parameter_counts_at_100_px(head):
 
 def test_head_output_is_10x10x64_and_output_is_one_sigmoid():
     model = build_model("gap", image_size=100)
-    assert tuple(model.get_layer("head_pool3").output.shape) == (None, 10, 10, 64)
+    assert tuple(model.get_layer("backbone_pool3").output.shape) == (None, 10, 10, 64)
     assert model.get_layer("output").get_config()["activation"] == "sigmoid"
     assert tuple(model.output.shape) == (None, 1)
-    assert model.get_layer("head_conv1").get_config()["padding"] == "valid"
+    assert model.get_layer("backbone_conv1").get_config()["padding"] == "valid"
 
 
 def test_dropout_rate():
@@ -94,7 +94,9 @@ def test_same_seed_same_head_weights_across_heads():
     reference = models["gap"]
     for head, model in models.items():
         assert model is not reference or head == "gap"
-        for name in backbone_layer_names(reference):
+        for name in [
+            layer.name for layer in reference.layers if layer.name.startswith(BACKBONE_PREFIX)
+        ]:
             for ours, theirs in zip(
                 model.get_layer(name).get_weights(),
                 reference.get_layer(name).get_weights(),
@@ -105,11 +107,11 @@ def test_same_seed_same_head_weights_across_heads():
 
 def test_fresh_objects_and_different_seeds_differ():
     first, second = build_model("gap", seed=0), build_model("gap", seed=0)
-    assert first.get_layer("head_conv1") is not second.get_layer("head_conv1")
+    assert first.get_layer("backbone_conv1") is not second.get_layer("backbone_conv1")
     other = build_model("gap", seed=1)
     assert not np.array_equal(
-        first.get_layer("head_conv1").get_weights()[0],
-        other.get_layer("head_conv1").get_weights()[0],
+        first.get_layer("backbone_conv1").get_weights()[0],
+        other.get_layer("backbone_conv1").get_weights()[0],
     )
 
 
@@ -138,12 +140,12 @@ def test_fused_batch_norm_matches_keras_layer():
     images = rng.integers(0, 256, (16, 40, 40, 3), dtype=np.uint8)
     stock = build_model("gap", image_size=40, seed=0, batch_norm="keras")
     fused = build_model("gap", image_size=40, seed=0, batch_norm="fused")
-    assert isinstance(fused.get_layer("head_bn1"), FusedBatchNormalization)
-    assert type(stock.get_layer("head_bn1")) is keras.layers.BatchNormalization
+    assert isinstance(fused.get_layer("backbone_bn1"), FusedBatchNormalization)
+    assert type(stock.get_layer("backbone_bn1")) is keras.layers.BatchNormalization
     np.testing.assert_allclose(
         fused(images, training=True).numpy(), stock(images, training=True).numpy(), atol=1e-5
     )
-    for name in ("head_bn1", "head_bn2", "head_bn3"):
+    for name in ("backbone_bn1", "backbone_bn2", "backbone_bn3"):
         for stat in ("moving_mean", "moving_variance"):
             np.testing.assert_allclose(
                 getattr(fused.get_layer(name), stat).numpy(),
@@ -167,8 +169,8 @@ def test_fused_model_saves_and_loads_in_safe_mode(tmp_path):
     images = np.random.default_rng(1).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
-    assert type(loaded.get_layer("head_bn2")).__name__ == "FusedBatchNormalization"
-    assert loaded.get_layer("head_conv1").compute_dtype == "bfloat16"
+    assert type(loaded.get_layer("backbone_bn2")).__name__ == "FusedBatchNormalization"
+    assert loaded.get_layer("backbone_conv1").compute_dtype == "bfloat16"
     assert loaded.output.dtype == "float32"
     np.testing.assert_array_equal(
         loaded.predict(images, verbose=0), model.predict(images, verbose=0)
@@ -191,7 +193,9 @@ def test_stock_layer_copy_loads_without_this_package_and_predicts_the_same(tmp_p
     from gap_models.models import FusedBatchNormalization, with_stock_layers
 
     # bfloat16 where this machine computes it natively: the dtype policy must survive too
-    model = build_model("fc_dropout", image_size=40, seed=0, precision="auto")
+    model = build_model(
+        "fc_dropout", image_size=40, seed=0, precision=resolve_precision("auto").value
+    )
     images = np.random.default_rng(0).integers(0, 255, (6, 40, 40, 3)).astype(np.uint8)
     model.compile(optimizer="adam", loss="binary_crossentropy")
     model.fit(images, np.array([0, 1] * 3, dtype=np.float32), epochs=1, verbose=0)

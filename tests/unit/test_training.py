@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from gap_models.data import make_dataset
-from gap_models.evaluation import binary_metrics, roc_auc
+from gap_models.evaluation import classification_metrics, roc_auc
 from gap_models.models import build_model, compile_model
-from gap_models.report import RunResult, plot_curves, summarize, summary_markdown
+from gap_models.plots import plot_curves
+from gap_models.probabilities import class_probabilities
+from gap_models.records import RunResult
+from gap_models.results import summarize, summary_markdown
 from gap_models.training import train_model
 from tests.fixtures import make_pet_image
 
@@ -40,14 +43,14 @@ def test_loss_goes_down_on_a_tiny_run():
 
 def test_binary_metrics_known_values():
     labels = np.array([0, 0, 1, 1])
-    metrics = binary_metrics(labels, np.array([0.1, 0.6, 0.4, 0.9]))
+    metrics = classification_metrics(labels, class_probabilities(np.array([0.1, 0.6, 0.4, 0.9])))
     assert metrics["test_accuracy"] == 0.5
     assert metrics["test_auc"] == pytest.approx(0.75)
     expected_loss = -np.mean(np.log([0.9, 0.4, 0.4, 0.9]))
     assert metrics["test_loss"] == pytest.approx(expected_loss)
     assert roc_auc(labels, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
     with pytest.raises(ValueError):
-        binary_metrics(labels, np.array([0.1]))
+        classification_metrics(labels, class_probabilities(np.array([0.1])))
 
 
 def _result(head: str, seed: int, accuracy: float) -> RunResult:
@@ -138,11 +141,11 @@ def test_precise_batch_norm_replaces_lagging_moving_statistics():
 
     images, labels = _tiny_set(64)
     model = build_model("gap", image_size=40, seed=0)
-    layer = model.get_layer("head_bn1")
+    layer = model.get_layer("backbone_bn1")
     assert np.allclose(layer.moving_mean.numpy(), 0)
     used = recalibrate_batch_norm(model, make_dataset(images, labels, 16), max_batches=3)
     assert used == 3 and layer.momentum == 0.99
-    conv = keras.Model(model.inputs, model.get_layer("head_conv1").output)
+    conv = keras.Model(model.inputs, model.get_layer("backbone_conv1").output)
     batch_means = [conv(images[i : i + 16]).numpy().mean(axis=(0, 1, 2)) for i in (0, 16, 32)]
     np.testing.assert_allclose(
         layer.moving_mean.numpy(), np.mean(batch_means, axis=0), rtol=1e-4, atol=1e-5
@@ -195,14 +198,14 @@ def test_improved_recipe_validates_with_recalibrated_batch_norm():
     calibration = make_dataset(images[:32], labels[:32], 16)
     plain = fitted([])
     precise = fitted([PreciseBatchNormValidation(calibration, batches=2)])
-    lagging = np.abs(plain.get_layer("head_bn1").moving_mean.numpy()).mean()
-    recalibrated = np.abs(precise.get_layer("head_bn1").moving_mean.numpy()).mean()
+    lagging = np.abs(plain.get_layer("backbone_bn1").moving_mean.numpy()).mean()
+    recalibrated = np.abs(precise.get_layer("backbone_bn1").moving_mean.numpy()).mean()
     assert recalibrated > 10 * lagging
     # Outside fit (a plain evaluate) the callback leaves the statistics alone.
-    before = precise.get_layer("head_bn1").moving_mean.numpy().copy()
+    before = precise.get_layer("backbone_bn1").moving_mean.numpy().copy()
     precise.evaluate(make_dataset(images, labels, 16), verbose=0,
                      callbacks=[PreciseBatchNormValidation(make_dataset(images, labels, 16))])  # fmt: skip
-    np.testing.assert_array_equal(precise.get_layer("head_bn1").moving_mean.numpy(), before)
+    np.testing.assert_array_equal(precise.get_layer("backbone_bn1").moving_mean.numpy(), before)
 
 
 def test_multi_class_metrics_known_values():

@@ -1,36 +1,36 @@
 """Recovery: what a later flow run needs to resume or clean up after an interrupted one.
 
-Every child run carries a key (its data, head, seed and training settings) and the flow run
-and process that write it. A new flow run adopts finished children of an interrupted one
+Every child run carries a key (``gap_models.records.cell_key``: its data, head, seed,
+training settings and code version) and the flow run and process that write it. A new flow run adopts finished children of an interrupted one
 with the same key instead of retraining them, and closes runs whose writer is gone, so no
 run is left RUNNING after a crash.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
+import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tasks.tracking import finish_run
-
-RUN_KEY_TAG = "compare_heads.run_key"
-RESUMED_TAG = "compare_heads.resumed_from_parent"
-FLOW_RUN_TAG = "prefect.flow_run_id"
-
-
-def run_key(cache_dir: str, head: str, seed: int, training: dict[str, object]) -> str:
-    """Identity of one (head, seed) training: the data (cache folder = source fingerprint and
-    preprocessing settings), the head, the seed and every training setting."""
-    payload = json.dumps(
-        {"data": Path(cache_dir).name, "head": head, "seed": seed, **training}, sort_keys=True
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+from gap_models.records import (
+    FAILURE_TAG,
+    FLOW_RUN_TAG,
+    GIT_COMMIT_TAG,
+    OWNER_HOST_TAG,
+    OWNER_PID_TAG,
+    PARENT_RUN_TAG,
+    RESUMED_TAG,
+    RUN_KEY_TAG,
+    SELECTION_METRIC,
+    SOURCE_NAME_TAG,
+    SOURCE_TYPE_TAG,
+    TEST_ACCURACY,
+    WORKER_TAG,
+)
+from tracking.runs import finish_run, repo_root
 
 
 def find_resumable(
@@ -52,8 +52,9 @@ def find_resumable(
         order_by=["attributes.start_time DESC"],
     )
     for run in runs:
-        parent_id = run.data.tags.get("mlflow.parentRunId")
-        if "test_accuracy" not in run.data.metrics or parent_id is None:
+        parent_id = run.data.tags.get(PARENT_RUN_TAG)
+        scored = {TEST_ACCURACY, SELECTION_METRIC} <= set(run.data.metrics)
+        if not scored or parent_id is None:
             continue
         parent = mlflow_client.get_run(parent_id)
         if parent.info.status == "FINISHED":
@@ -88,13 +89,9 @@ def flow_run_is_active(flow_run_id: str) -> bool:
 
 def adopt_run(mlflow_client: MlflowClient, run, parent_run_id: str) -> None:
     """Move a reused child under the current parent, noting where it came from."""
-    previous = run.data.tags.get("mlflow.parentRunId", "")
+    previous = run.data.tags.get(PARENT_RUN_TAG, "")
     mlflow_client.set_tag(run.info.run_id, RESUMED_TAG, previous)
-    mlflow_client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
-
-
-OWNER_HOST_TAG, OWNER_PID_TAG = "compare_heads.host", "compare_heads.pid"
-WORKER_TAG = "compare_heads.worker"
+    mlflow_client.set_tag(run.info.run_id, PARENT_RUN_TAG, parent_run_id)
 
 
 def worker_name() -> str:
@@ -151,7 +148,7 @@ def fail_stale_runs(
             continue
         mlflow_client.set_tag(
             run.info.run_id,
-            "compare_heads.failure",
+            FAILURE_TAG,
             f"Prefect flow run {flow_run_id} ended without closing this run (found by a later run)",
         )
         finish_run(mlflow_client, run.info.run_id, failed=True)
@@ -171,12 +168,12 @@ def fail_open_children(
     Within a live flow run such a child is an attempt whose process died: Dask runs a model
     again on another worker only when the worker that held it is lost, and after every model
     returned, no child of the parent may still be open. Returns their ids."""
-    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    query = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
     if key is not None:
         query += f" and tags.`{RUN_KEY_TAG}` = '{key}'"
     closed = []
     for run in mlflow_client.search_runs([experiment_id], query):
-        mlflow_client.set_tag(run.info.run_id, "compare_heads.failure", reason)
+        mlflow_client.set_tag(run.info.run_id, FAILURE_TAG, reason)
         finish_run(mlflow_client, run.info.run_id, failed=True)
         closed.append(run.info.run_id)
     return closed
@@ -207,25 +204,42 @@ def adopt_finished_run(
     return previous
 
 
-def create_child_run(
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags (the runs table's Source column and the code version
+    the UI shows): the entry point, and the git commit when running from a checkout."""
+    tags = {SOURCE_NAME_TAG: "flows/compare_heads.py", SOURCE_TYPE_TAG: "PROJECT"}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo_root()), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # not a checkout, or no git
+        return tags
+    return {**tags, GIT_COMMIT_TAG: commit}
+
+
+def create_run(
     mlflow_client: MlflowClient,
     experiment_id: str,
-    parent_run_id: str,
-    head: str,
-    seed: int,
-    key: str,
+    run_name: str,
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
 ) -> str:
-    """A new child run for (head, seed) under the parent, tagged with its key and writer."""
+    """A new run (the flow's parent, or a child under ``parent_run_id``), tagged with its
+    flow run, its writer and its source code: the one way every run of ours is opened."""
+    parent = {PARENT_RUN_TAG: parent_run_id} if parent_run_id else {}
     run = mlflow_client.create_run(
         experiment_id,
-        run_name=f"{head}-seed{seed}",
+        run_name=run_name,
         tags={
-            "mlflow.parentRunId": parent_run_id,
-            "head": head,
-            "seed": str(seed),
-            RUN_KEY_TAG: key,
+            **parent,
             FLOW_RUN_TAG: current_flow_run_id(),
             **owner_tags(),
+            **source_tags(),
+            **tags,
         },
     )
     return run.info.run_id

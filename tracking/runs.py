@@ -1,4 +1,5 @@
-"""MLflow at the edges: where runs go, the experiment, parent and child runs, epoch logging.
+"""MLflow at the edges: where runs go, the experiment, logging, closing runs, the dataset
+input, and a cell's result read back (through ``gap_models.records``).
 
 Runs are created and addressed by explicit ids through ``MlflowClient`` (MLflow's active run
 is per thread, and Prefect may run tasks in other threads). Every run we open is closed as
@@ -18,17 +19,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from gap_models import records
+from gap_models.config import TFDS_PREFIX
+
 EXPERIMENT_NAME = "compare-heads"
 SERVER_TIMEOUT_SECONDS = 10.0
-OUTPUT_DIR_TAG = "compare_heads.output_dir"
-"""Tag of a parent run: the local folder its plots and tables were written to."""
 
 
 def repo_root() -> Path:
-    """The checkout this code runs from (tasks/ sits directly under it)."""
+    """The checkout this code runs from (tracking/ sits directly under it)."""
     return Path(__file__).resolve().parents[1]
 
 
@@ -128,74 +131,6 @@ def closing_run(
         finish_run(mlflow_client, run_id)
 
 
-IMAGE_MODEL_CODE = Path(__file__).with_name("image_model.py")
-"""The pyfunc every model is logged as (MLflow "models from code")."""
-SHIPPED_CODE = (
-    repo_root() / "gap_models" / "data" / "decoding.py",
-    repo_root() / "gap_models" / "probabilities.py",
-)
-"""Standalone modules shipped inside each logged model: the training decode path and the
-reading of outputs, importable there as ``decoding`` and ``probabilities``."""
-
-
-def log_image_model(
-    mlflow_client: MlflowClient,
-    run_id: str,
-    model,
-    class_names: tuple[str, ...],
-    pip_requirements: list[str],
-) -> str:
-    """Log a trained Keras model as the image-file pyfunc of ``tasks/image_model.py`` (with
-    the class names and image size it needs); return its model URI, also kept as the run's
-    ``model_uri`` tag (what resumption reuses)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    image_size = int(model.input_shape[1])
-    config = {"class_names": list(class_names), "image_size": image_size}
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("binary", "image")]),
-        outputs=Schema(
-            [ColSpec("double", name) for name in class_names]
-            + [ColSpec("string", "label"), ColSpec("double", "probability")]
-        ),
-    )
-    with tempfile.TemporaryDirectory(prefix="compare-heads-model-") as scratch:
-        keras_file = Path(scratch) / "model.keras"
-        model.save(keras_file)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(IMAGE_MODEL_CODE),
-                artifacts={"keras_model": str(keras_file)},
-                code_paths=[str(path) for path in SHIPPED_CODE],
-                model_config=config,
-                metadata=config,
-                signature=signature,
-                pip_requirements=pip_requirements,
-            )
-    mlflow_client.set_tag(run_id, "model_uri", info.model_uri)
-    return info.model_uri
-
-
-def load_logged_model(model_uri: str):
-    """The Keras model inside a model this project logged (Keras safe mode on: no arbitrary
-    code); models logged before the image pyfunc (Keras flavor) load too."""
-    client()
-    info = mlflow.models.get_model_info(model_uri)
-    if "keras" in info.flavors:
-        return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
-
-
-def logged_class_names(model_uri: str) -> tuple[str, ...]:
-    """The classes a logged model predicts, label order (Keras-flavor models of earlier
-    versions were all Cats vs Dogs)."""
-    client()
-    metadata = mlflow.models.get_model_info(model_uri).metadata or {}
-    return tuple(metadata.get("class_names", ("cat", "dog")))
-
-
 def _dataset_source(source: str):
     """MLflow's description of where the photos came from: tfds' catalogue page, or the
     local file or folder."""
@@ -204,9 +139,9 @@ def _dataset_source(source: str):
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.http_dataset_source import HTTPDatasetSource
 
-    if source.startswith("tfds:"):
+    if source.startswith(TFDS_PREFIX):
         catalogue = "https://www.tensorflow.org/datasets/catalog/"
-        return HTTPDatasetSource(catalogue + source.removeprefix("tfds:"))
+        return HTTPDatasetSource(catalogue + source.removeprefix(TFDS_PREFIX))
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
         warnings.simplefilter("ignore")
         return resolve_dataset_source(str(Path(source).expanduser().resolve()))
@@ -221,18 +156,13 @@ def log_dataset(mlflow_client: MlflowClient, run_id: str, manifest: dict) -> Non
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     source = manifest["source"]
-    profile = {
-        "class_names": manifest["class_names"],
-        "split_counts": manifest["split_counts"],
-        "images_used": manifest["images_used"],
-        "image_size": manifest["image_size"],
-    }
+    profile = {key: manifest[key] for key in records.DATASET_PROFILE_KEYS}
 
     class _Photos(MetaDataset):
         def to_dict(self) -> dict[str, str]:
             return {**super().to_dict(), "profile": json.dumps(profile)}
 
-    name = Path(source.removeprefix("tfds:")).name or source
+    name = Path(source.removeprefix(TFDS_PREFIX)).name or source
     dataset = _Photos(_dataset_source(source), name=name, digest=manifest["fingerprint"][:36])
     context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
     mlflow_client.log_inputs(
@@ -248,8 +178,61 @@ def run_url(run_id: str, experiment_id: str) -> str | None:
     return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def test_metrics(mlflow_client: MlflowClient, run_id: str) -> dict[str, float]:
+def scores(mlflow_client: MlflowClient, run_id: str) -> dict[str, float]:
     """The scores a run already holds, test and final validation (an adopted run was
     evaluated before)."""
     metrics = mlflow_client.get_run(run_id).data.metrics
-    return {k: v for k, v in metrics.items() if k.startswith(("test_", "final_val_"))}
+    prefixes = (records.TEST_PREFIX, records.FINAL_VAL_PREFIX, records.TRAIN_SUBSET_PREFIX)
+    return {k: v for k, v in metrics.items() if k.startswith(prefixes)}
+
+
+def tracked_run(mlflow_client: MlflowClient, run_id: str) -> records.TrackedRun:
+    """What MLflow holds of a child run, as ``gap_models.records`` reads it."""
+    run = mlflow_client.get_run(run_id)
+
+    def history(key: str) -> list[float]:
+        points = mlflow_client.get_metric_history(run_id, key)
+        return [point.value for point in sorted(points, key=lambda point: point.step)]
+
+    return records.TrackedRun(
+        run_id=run_id,
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        histories={key: history(key) for key in records.HISTORY_METRICS},
+        tags=dict(run.data.tags),
+    )
+
+
+def fetch_result(mlflow_client: MlflowClient, run_id: str) -> records.RunResult:
+    """A cell's result rebuilt from MLflow: the one route by which scores reach the
+    comparison and the promotion."""
+    return records.RunResult.from_tracked(tracked_run(mlflow_client, run_id))
+
+
+def log_predictions(mlflow_client: MlflowClient, run_id: str, scored, cache_dir: str) -> None:
+    """A cell's per-photo predictions by split, with the photos' content ids and labels, and
+    its per-photo results on shifted test photos, as the run's ``predictions.npz`` artifact
+    (what reports pair cells by, photo by photo)."""
+    from gap_models.data import TRAIN_SPLIT, load_ids, load_split
+
+    arrays = {f"{records.SHIFT_ARRAY_PREFIX}{p}": c for p, c in scored.shifts.items()}
+    for split, values in scored.predictions.items():
+        name = TRAIN_SPLIT if split == records.TRAIN_SUBSET_SPLIT else split
+        arrays[split] = values
+        arrays[f"{records.IDS_PREFIX}{split}"] = load_ids(cache_dir, name)[: len(values)]
+        arrays[f"{records.LABELS_PREFIX}{split}"] = load_split(cache_dir, name)[1][: len(values)]
+    with tempfile.TemporaryDirectory(prefix="compare-heads-predictions-") as scratch:
+        path = Path(scratch) / records.PREDICTIONS_ARTIFACT
+        np.savez_compressed(path, **arrays)
+        mlflow_client.log_artifact(run_id, str(path))
+
+
+def fetch_predictions(mlflow_client: MlflowClient, run_id: str) -> dict[str, np.ndarray]:
+    """The arrays of a run's ``predictions.npz`` (empty when the run has none)."""
+    with tempfile.TemporaryDirectory(prefix="compare-heads-predictions-") as scratch:
+        try:
+            path = mlflow_client.download_artifacts(run_id, records.PREDICTIONS_ARTIFACT, scratch)
+        except mlflow.exceptions.MlflowException:
+            return {}
+        with np.load(path) as stored:
+            return {name: stored[name] for name in stored.files}

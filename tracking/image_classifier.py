@@ -26,6 +26,9 @@ from mlflow.pyfunc import PythonModel
 
 IMAGE_COLUMN = "image"
 KERAS_ARTIFACT = "keras_model"
+# The model's configuration keys. This file is loaded where this project is not installed,
+# so it cannot import gap_models.records; tracking.logged_model writes through these names.
+CLASS_NAMES, IMAGE_SIZE = "class_names", "image_size"
 
 
 def _as_bytes(value, row: int) -> bytes:
@@ -50,8 +53,8 @@ class ImageClassifier(PythonModel):
         import keras
 
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], safe_mode=True)
-        self.class_names = list(context.model_config["class_names"])
-        self.image_size = int(context.model_config["image_size"])
+        self.class_names = list(context.model_config[CLASS_NAMES])
+        self.image_size = int(context.model_config[IMAGE_SIZE])
 
     def predict(self, context, model_input, params=None):
         import numpy as np

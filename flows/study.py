@@ -1,0 +1,266 @@
+"""Studies: train what a study file declares and has no record yet, within a budget, through
+the same flow code as every run; say what is done, missing or stale.
+
+Each cell is one in-process ``compare-heads`` flow run (one head, one seed, nothing
+promoted), logged to MLflow like any run; when it ends, its record (curves, scores, per-photo
+predictions) is written atomically to ``studies/<name>/records/``, to be committed. A study
+run killed at any moment loses at most the cell in progress, and even that one's finished
+MLflow run is adopted by the next attempt (same key) instead of trained again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gap_models import records
+from gap_models.data import TRAIN_SPLIT, cache_key, fingerprint_source, load_ids, load_split
+from gap_models.evaluation import PREDICTION_SPLITS, TRAIN_SUBSET
+from gap_models.hardware import detect
+from gap_models.provenance import code_version
+from gap_models.studies import Cell, Study, load_study
+from gap_models.study_records import (
+    CellRecord,
+    DataFile,
+    data_path,
+    find_record_by_key,
+    read_data_file,
+    read_record,
+    record_path,
+    records_dir,
+    write_json_atomically,
+)
+from tracking.runs import repo_root
+
+PRIOR_IMAGES_PER_SECOND = 60.0
+"""Before this CPU has trained any cell of a study: the slowest rate measured on these
+machines (float32 on an AVX2-only CPU), so a first estimate errs long, not short."""
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CellState:
+    """A cell and where it stands: done (a record with its key), stale (a record with
+    another key: older code or data), or missing."""
+
+    cell: Cell
+    key: str
+    data: str
+    state: str
+
+    @property
+    def epochs(self) -> int:
+        return self.cell.config().epochs
+
+
+def cell_states(root: Path, study: Study) -> list[CellState]:
+    """Every cell of the study in priority order, with its state."""
+    version, fingerprints, states = code_version(), {}, []
+    for cell in study.cells(root):
+        config = cell.config()
+        if cell.source not in fingerprints:
+            fingerprints[cell.source] = fingerprint_source(cell.source)
+        data = cache_key(
+            fingerprints[cell.source], config.image_size, config.split, config.max_images
+        )
+        key = cell.key(data, version)
+        record = read_record(record_path(root, study.name, cell.file_stem))
+        state = "missing" if record is None else ("done" if record.key == key else "stale")
+        states.append(CellState(cell, key, data, state))
+    return states
+
+
+def _same_cpu(machine: dict[str, str]) -> bool:
+    here = detect()
+    return (
+        machine.get(records.CPU_MODEL) == here.cpu_model
+        and machine.get(records.CPU_FLAGS) == here.reported_flags()
+    )
+
+
+def seconds_per_image_epoch(root: Path, study: Study) -> float | None:
+    """Median wall seconds per training image and epoch of this study's records trained on a
+    CPU like this one (same model and flags), the whole cell included (None: none yet)."""
+    rates = []
+    for path in sorted(records_dir(root, study.name).glob("*.json")):
+        if path.name.startswith("data-"):
+            continue
+        record = read_record(path)
+        work = record.train_images * len(record.result.epoch_seconds)
+        if _same_cpu(record.machine) and work:
+            rates.append(record.cell_seconds / work)
+    return statistics.median(rates) if rates else None
+
+
+def _train_images(root: Path, study: Study, data: str) -> int | None:
+    path = data_path(root, study.name, data)
+    return read_data_file(path).train_images if path.is_file() else None
+
+
+def estimate_seconds(root: Path, study: Study, state: CellState, rate: float | None) -> float:
+    """Expected wall seconds of one cell on this CPU: this CPU's measured rate, or before any
+    measurement the slowest rate seen on these machines."""
+    images = _train_images(root, study, state.data)
+    if images is None:  # data not prepared here yet: the declared split of the source's size
+        images = 20_000
+    if rate is None:
+        return images * state.epochs / PRIOR_IMAGES_PER_SECOND * 1.3
+    return images * state.epochs * rate
+
+
+def status_lines(root: Path, name: str) -> tuple[list[str], list[CellState]]:
+    """``compare-heads study status``: one line per cell and a summary with the time left."""
+    study = load_study(root, name)
+    states = cell_states(root, study)
+    rate = seconds_per_image_epoch(root, study)
+    lines = [f"study {name}: {study.description}"]
+    remaining = 0.0
+    for state in states:
+        extra = ""
+        if state.state != "done":
+            seconds = estimate_seconds(root, study, state, rate)
+            remaining += seconds
+            extra = f"  ~{seconds / 60:.0f} min"
+        lines.append(f"  {state.state:8} {state.cell.arm} seed {state.cell.seed}{extra}")
+    counts = {s: sum(1 for x in states if x.state == s) for s in ("done", "missing", "stale")}
+    basis = (
+        f"this CPU's measured rate ({1 / rate:.0f} training images x epochs per wall second)"
+        if rate
+        else f"no cell trained on this CPU yet: assumed {PRIOR_IMAGES_PER_SECOND:.0f} images/s"
+    )
+    lines.append(
+        f"{counts['done']} done, {counts['missing']} missing, {counts['stale']} stale; "
+        f"about {remaining / 60:.0f} min left on this CPU ({basis}; {detect().cpu_model}, "
+        f"{detect().reported_flags()})"
+    )
+    return lines, states
+
+
+def _write_data_file(root: Path, study: Study, data: str, cache_dir: str) -> None:
+    path = data_path(root, study.name, data)
+    if path.is_file():
+        return
+    from gap_models.data import cached_class_names
+
+    ids, labels = {}, {}
+    for split in PREDICTION_SPLITS:
+        name = TRAIN_SPLIT if split == records.TRAIN_SUBSET_SPLIT else split
+        count = TRAIN_SUBSET if split == records.TRAIN_SUBSET_SPLIT else None
+        ids[split] = load_ids(cache_dir, name)[:count]
+        labels[split] = load_split(cache_dir, name)[1][:count]
+    train = len(load_split(cache_dir, TRAIN_SPLIT)[1])
+    content = DataFile(data, cached_class_names(cache_dir), train, ids, labels)
+    write_json_atomically(path, content.to_json())
+
+
+def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
+    """Train one cell through the flow and write its record."""
+    from flows.compare_heads import compare_heads
+    from tracking import runs
+
+    started = time.perf_counter()
+    config = state.cell.config()
+    result = compare_heads(**config.model_dump())
+    _write_data_file(root, study, state.data, result.cache_dir)
+    client = runs.client()
+    run_id = result.trained[0].run_id
+    tracked = runs.tracked_run(client, run_id)
+    predictions = runs.fetch_predictions(client, run_id)
+    here = detect()
+    record = CellRecord(
+        study=study.name,
+        arm=state.cell.arm,
+        head=state.cell.head,
+        seed=state.cell.seed,
+        key=state.key,
+        data=state.data,
+        code_version=code_version(),
+        settings=state.cell.settings,
+        machine={records.CPU_MODEL: here.cpu_model, records.CPU_FLAGS: here.reported_flags()},
+        result=records.RunResult.from_tracked(tracked),
+        predictions={split: predictions[split] for split in PREDICTION_SPLITS},
+        shifts={
+            int(name.removeprefix(records.SHIFT_ARRAY_PREFIX)): values
+            for name, values in predictions.items()
+            if name.startswith(records.SHIFT_ARRAY_PREFIX)
+        },
+        flops_per_image=int(float(tracked.params[records.FLOPS_PER_IMAGE])),
+        train_images=_train_images(root, study, state.data) or 0,
+        cell_seconds=time.perf_counter() - started,
+        extra_metrics={
+            k: v
+            for k, v in tracked.metrics.items()
+            if k.startswith((records.TRAIN_SUBSET_PREFIX, records.FINAL_VAL_PREFIX))
+        },
+        recorded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    write_json_atomically(record_path(root, study.name, state.cell.file_stem), record.to_json())
+    say(f"recorded {state.cell.arm} seed {state.cell.seed} ({record.cell_seconds / 60:.1f} min)")
+
+
+def run_study(name: str, budget_minutes: float | None = None, root: Path | None = None,
+              say: Say = print) -> list[CellState]:  # fmt: skip
+    """Train the cells of study ``name`` that have no current record, in priority order,
+    starting a cell only when this CPU's estimate says it ends within the budget. Returns
+    the cells still missing or stale when it stops."""
+    root = root or repo_root()
+    study = load_study(root, name)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+    deadline = None if budget_minutes is None else time.monotonic() + budget_minutes * 60
+    for state in cell_states(root, study):
+        if state.state == "done":
+            continue
+        target = record_path(root, study.name, state.cell.file_stem)
+        existing = find_record_by_key(root, state.key)
+        if existing is not None:  # the same model, recorded by another study
+            _adopt_record(root, study, state, existing, target)
+            say(f"reused {state.cell.arm} seed {state.cell.seed} from {existing}")
+            continue
+        if deadline is not None:
+            needed = estimate_seconds(root, study, state, seconds_per_image_epoch(root, study))
+            left = deadline - time.monotonic()
+            if needed > left:
+                say(
+                    f"stopping: {state.cell.arm} seed {state.cell.seed} needs about "
+                    f"{needed / 60:.0f} min on this CPU, {max(left, 0) / 60:.0f} min of the "
+                    "budget are left"
+                )
+                break
+        say(f"training {state.cell.arm} seed {state.cell.seed} ({state.state})")
+        _train_cell(root, study, state, say)
+    return [s for s in cell_states(root, study) if s.state != "done"]
+
+
+def _adopt_record(root: Path, study: Study, state: CellState, existing: Path, target: Path) -> None:
+    """Copy another study's record of the same cell (same key), with its data file."""
+    record = read_record(existing)
+    record.study, record.arm = study.name, state.cell.arm
+    write_json_atomically(target, record.to_json())
+    data = data_path(root, study.name, state.data)
+    if not data.is_file():
+        shutil.copyfile(existing.parent / f"data-{state.data}.json", data)
+
+
+def report_study(name: str, root: Path | None = None) -> Path:
+    """Render study ``name`` from its records: figures and README.md under
+    docs/studies/<name>/, and its section of docs/RESULTS.md. Returns the study's folder."""
+    from gap_models.study_report import RESULTS, render, replace_section
+
+    root = root or repo_root()
+    folder = root / "docs" / "studies" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    section, figures = render(root, name, f"studies/{name}")
+    for file, figure in figures.items():
+        figure.savefig(folder / file, dpi=100)
+    page, _ = render(root, name, ".")
+    (folder / "README.md").write_text(page)
+    results = root / RESULTS
+    document = results.read_text() if results.is_file() else "# Results\n"
+    results.write_text(replace_section(document, name, section))
+    return folder

@@ -1,0 +1,142 @@
+"""An analysis as Markdown: the tables and the claims that both a flow run's report.md and a
+study's section of docs/RESULTS.md print. Deterministic for the same evidence (fixed
+bootstrap seeds), so a committed section can be checked against a fresh rendering.
+"""
+
+from __future__ import annotations
+
+from gap_models.claims import claims
+from gap_models.verdicts import Analysis, points, verdict
+
+NOTE = (
+    "Intervals are 95% percentile intervals of a two-level bootstrap (seeds, then photos, "
+    "paired across arms); differences are counted in photos, then divided."
+)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _interval(triple: tuple[float, float, float], scale: float = 100, digits: int = 2) -> str:
+    value, low, high = (scale * x for x in triple)
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table ("" without rows)."""
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def arms_table(analysis: Analysis) -> str:
+    header = ["arm", "seeds", "trainable params", "MFLOPs / image", "test accuracy %",
+              "validation accuracy %", "images/s (steady)"]  # fmt: skip
+    rows = [
+        [s.arm, str(s.seeds), f"{s.trainable_params:,}", f"{s.flops_per_image / 1e6:.1f}",
+         _interval(s.test), _interval(s.validation), _interval(s.images_per_second, 1, 0)]
+        for s in analysis.arms
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def _call(d) -> str:
+    if d.significant:
+        return "significant"
+    return f"no difference shown (detectable: {100 * d.detectable:.1f} points)"
+
+
+def family_table(analysis: Analysis) -> str:
+    header = ["A - B (test accuracy)", "seeds x photos", "difference, points", "p", "Holm p",
+              "verdict"]  # fmt: skip
+    rows = [
+        [f"{d.arm_a} - {d.arm_b}", f"{d.seeds} x {d.photos}",
+         f"{points(d.difference)} [{points(d.low)}, {points(d.high)}]", f"{d.p_value:.3g}",
+         f"{d.p_holm:.3g}", _call(d)]
+        for d in analysis.family
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def equivalence_table(analysis: Analysis) -> str:
+    header = ["A - B (test accuracy)", "difference, points [90% interval]", "margin", "TOST p",
+              "verdict"]  # fmt: skip
+    rows = [
+        [f"{e.arm_a} - {e.arm_b}", f"{points(e.difference)} [{points(e.low)}, {points(e.high)}]",
+         f"±{100 * e.margin:.1f}", f"{e.p_value:.3g}",
+         "equivalent" if e.equivalent else "equivalence not shown"]
+        for e in analysis.equivalences
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def overfitting_table(analysis: Analysis) -> str:
+    header = ["arm", "train-subset - validation accuracy, points",
+              "validation - train-subset loss"]  # fmt: skip
+    rows = [
+        [s.arm, _interval(s.overfit_accuracy), _interval(s.overfit_loss, 1, 3)]
+        for s in analysis.arms
+    ]
+    return _table(header, rows)
+
+
+def translation_table(analysis: Analysis) -> str:
+    shifts = sorted({p for s in analysis.arms for p in s.shift_accuracy})
+    if not shifts:
+        return ""
+    rows = [
+        [s.arm] + [_interval(s.shift_accuracy[p]) if p in s.shift_accuracy else "" for p in shifts]
+        for s in analysis.arms
+    ]
+    return _table(["arm"] + [f"{p} px, %" for p in shifts], rows)
+
+
+def claims_table(analysis: Analysis) -> str:
+    rows = [[c.claim, f"**{c.verdict}**", c.evidence] for c in claims(analysis)]
+    return _table(["claim", "verdict", "what we measured"], rows)
+
+
+def verdict_line(analysis: Analysis) -> str:
+    """One sentence: the best arm on test accuracy and how it stands against each other."""
+    best = max(analysis.arms, key=lambda s: s.test[0])
+    parts = []
+    for d in analysis.family:
+        if best.arm not in (d.arm_a, d.arm_b):
+            continue
+        other = d.arm_b if d.arm_a == best.arm else d.arm_a
+        sign = 1 if d.arm_a == best.arm else -1
+        call = verdict(d, sign > 0)
+        parts.append(f"{other} by {points(sign * d.difference)} points ({call})")
+    against = "; ".join(parts) if parts else "no other arm to compare"
+    return (
+        f"Highest mean test accuracy: **{best.arm}**, {_interval(best.test)} %. "
+        f"Against the others (Holm-adjusted): {against}."
+    )
+
+
+def analysis_markdown(analysis: Analysis, heading: str = "##") -> str:
+    """Every table of the analysis, each under its heading."""
+    sections = [
+        verdict_line(analysis),
+        "",
+        NOTE,
+        "",
+        f"{heading} Accuracy of each arm",
+        "",
+        arms_table(analysis),
+    ]
+    for title, table in (
+        ("Pairwise differences (one Holm family)", family_table(analysis)),
+        ("Equivalence (two one-sided tests)", equivalence_table(analysis)),
+        ("Overfitting on like terms (inference mode, both splits)", overfitting_table(analysis)),
+        ("Translation robustness (test photos shifted, 4 directions)", translation_table(analysis)),
+        ("The article's claims (gap against fc)", claims_table(analysis)),
+    ):
+        if table:
+            sections += [f"{heading} {title}", "", table]
+    if analysis.evidence.missing:
+        sections += [f"Not yet recorded: {', '.join(analysis.evidence.missing)}.", ""]
+    return "\n".join(sections)

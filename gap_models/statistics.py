@@ -1,0 +1,186 @@
+"""The statistics of a comparison, in one place: intervals and tests from a two-level
+bootstrap (seeds, then photos), Holm's adjustment of a pre-registered family (statsmodels),
+equivalence by two one-sided tests, and the smallest difference a comparison could detect.
+
+Accuracy differences are computed on integer counts of correctly classified photos, never on
+float fractions: a difference that is the same on every seed then gives the same answer
+whichever way it was handed in (no float-noise p-values).
+
+Why two levels: a head's accuracy varies with the training seed (initial weights, data
+order) and with the sample of test photos it happens to be scored on. Resampling the seeds
+and, within them, the photos (the same photos and seeds for both heads of a pair: they are
+paired) carries both into the interval. The per-seed t-test of earlier reports treated the
+test photos as fixed and was too sure of itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+MIN_SEEDS_FOR_INTERVAL = 3
+"""Fewer seeds say almost nothing about seed-to-seed variation; the report says so instead
+of printing an interval."""
+POWER = 0.8
+
+
+def _resampling_weights(
+    rng: np.random.Generator, seeds: int, photos: int, draws: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw: how often each seed is taken (``(draws, seeds)``) and each photo
+    (``(draws, photos)``), each resampled with replacement."""
+    seed_weights = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=draws)
+    photo_weights = rng.multinomial(photos, np.full(photos, 1 / photos), size=draws)
+    return seed_weights, photo_weights
+
+
+def bootstrap_means(
+    correct: dict[str, np.ndarray], draws: int = 4000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Per arm, ``draws`` bootstrap replicates of its mean accuracy.
+
+    ``correct[arm]`` is ``(seeds, photos)``: 1 where that seed's model got that photo right.
+    Every arm is resampled with the same seed and photo draws (arms are paired by seed index
+    and photo), so differences of the replicates are paired differences. The replicates
+    are integer counts divided once, so they lie in [0, 1].
+    """
+    shapes = {array.shape for array in correct.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"every arm needs the same (seeds, photos), got {sorted(shapes)}")
+    ((seeds, photos),) = shapes
+    rng = np.random.default_rng(seed)
+    seed_weights, photo_weights = _resampling_weights(rng, seeds, photos, draws)
+    replicates = {}
+    for arm, array in correct.items():
+        per_seed = photo_weights @ np.asarray(array, dtype=np.int64).T  # (draws, seeds) counts
+        counts = np.sum(per_seed * seed_weights, axis=1)  # correct photos over the resample
+        replicates[arm] = counts / (seeds * photos)
+    return replicates
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_p_value(replicates: np.ndarray, null: float = 0.0) -> float:
+    """Two-sided p-value of "the difference is ``null``": twice the smaller share of
+    replicates on either side of it (with the +1 that keeps it above 0)."""
+    below = (np.sum(replicates <= null) + 1) / (len(replicates) + 1)
+    above = (np.sum(replicates >= null) + 1) / (len(replicates) + 1)
+    return float(min(1.0, 2 * min(below, above)))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Arm A minus arm B in accuracy, paired by seed and photo."""
+
+    arm_a: str
+    arm_b: str
+    seeds: int
+    photos: int
+    difference: float  # point estimate: counts of A minus counts of B, over seeds x photos
+    low: float
+    high: float
+    p_value: float
+    standard_error: float
+    p_holm: float = math.nan
+
+    @property
+    def detectable(self) -> float:
+        """The smallest true difference this comparison had an 80% chance to call
+        significant at 5% (two-sided): (z_0.975 + z_0.8) standard errors."""
+        return (stats.norm.ppf(0.975) + stats.norm.ppf(POWER)) * self.standard_error
+
+    @property
+    def significant(self) -> bool:
+        return not math.isnan(self.p_holm) and self.p_holm < 0.05
+
+
+def difference(
+    arm_a: str, arm_b: str, replicates: dict[str, np.ndarray], correct: dict[str, np.ndarray],
+    level: float = 0.95,
+) -> Difference:  # fmt: skip
+    """A minus B: the point estimate from integer counts, interval and p from the paired
+    replicates of ``bootstrap_means``."""
+    a, b = np.asarray(correct[arm_a], np.int64), np.asarray(correct[arm_b], np.int64)
+    seeds, photos = a.shape
+    point = (int(a.sum()) - int(b.sum())) / (seeds * photos)
+    deltas = replicates[arm_a] - replicates[arm_b]
+    low, high = percentile_interval(deltas, level)
+    return Difference(
+        arm_a, arm_b, seeds, photos, point, low, high, bootstrap_p_value(deltas),
+        float(np.std(deltas, ddof=1)),
+    )  # fmt: skip
+
+
+def holm(differences: list[Difference]) -> list[Difference]:
+    """The family's differences with ``p_holm`` set (Holm, statsmodels' multipletests)."""
+    from dataclasses import replace
+
+    if not differences:
+        return []
+    _reject, adjusted, _sidak, _bonferroni = multipletests(
+        [d.p_value for d in differences], method="holm"
+    )
+    return [replace(d, p_holm=float(p)) for d, p in zip(differences, adjusted, strict=True)]
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Two one-sided tests that |A - B| < margin: equivalent when the (1 - 2 alpha)
+    interval lies inside (-margin, +margin), i.e. both one-sided p-values are below alpha."""
+
+    arm_a: str
+    arm_b: str
+    margin: float
+    difference: float
+    low: float  # the 90% interval (alpha = 0.05 on each side)
+    high: float
+    p_value: float  # the larger of the two one-sided p-values
+
+    @property
+    def equivalent(self) -> bool:
+        return self.p_value < 0.05
+
+
+def equivalence(
+    arm_a: str, arm_b: str, replicates: dict[str, np.ndarray], correct: dict[str, np.ndarray],
+    margin: float,
+) -> Equivalence:  # fmt: skip
+    """TOST on the paired bootstrap replicates of A - B."""
+    point = difference(arm_a, arm_b, replicates, correct, level=0.90)
+    deltas = replicates[arm_a] - replicates[arm_b]
+    count = len(deltas) + 1
+    p_lower = (np.sum(deltas <= -margin) + 1) / count  # H0: A - B <= -margin
+    p_upper = (np.sum(deltas >= margin) + 1) / count  # H0: A - B >= +margin
+    return Equivalence(
+        arm_a, arm_b, margin, point.difference, point.low, point.high,
+        float(max(p_lower, p_upper)),
+    )  # fmt: skip
+
+
+def mean_interval(replicates: np.ndarray, correct: np.ndarray, level: float = 0.95):
+    """An arm's accuracy: point estimate from counts, percentile interval (inside [0, 1])."""
+    array = np.asarray(correct, np.int64)
+    low, high = percentile_interval(replicates, level)
+    return float(array.sum() / array.size), low, high
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Median and its distribution-free interval (order statistics of the binomial): for
+    steady-state speeds, which have outliers (a busy machine) and no normal shape."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    n = len(ordered)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    low_rank = int(stats.binom.ppf((1 - level) / 2, n, 0.5))
+    high_rank = int(stats.binom.isf((1 - level) / 2, n, 0.5))
+    low = ordered[max(low_rank - 1, 0)]
+    high = ordered[min(high_rank, n - 1)]
+    return float(np.median(ordered)), float(low), float(high)

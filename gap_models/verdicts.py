@@ -1,0 +1,202 @@
+"""The pre-registered analysis of a comparison, computed from its evidence: each arm's
+accuracy, the family of differences (Holm), equivalences (TOST), overfitting on like terms,
+speed, translation robustness, and the article's claims with verdicts that follow their
+tests ("supported" only by a significant test, "not shown" with the size the test could
+have detected).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from gap_models import statistics
+from gap_models.evidence import Evidence
+from gap_models.records import TRAIN_SUBSET_SPLIT
+
+SUPPORTED, NOT_SUPPORTED, NOT_SHOWN = "supported", "contradicted", "not shown"
+VALIDATION, TEST = "validation", "test"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to test: the family, the equivalences and their margin, the draws."""
+
+    family: list[tuple[str, str]]
+    equivalence: list[tuple[str, str]] = field(default_factory=list)
+    margin: float = 0.01
+    draws: int = 4000
+    target_val_accuracy: float = 0.8
+
+    @classmethod
+    def every_pair(cls, arms: list[str]) -> Plan:
+        """A flow run's plan: every pair of its heads, one family."""
+        return cls(family=list(combinations(arms, 2)), draws=2000)
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    arm: str
+    seeds: int
+    trainable_params: int
+    flops_per_image: int
+    test: tuple[float, float, float]  # accuracy, interval
+    validation: tuple[float, float, float]
+    overfit_accuracy: tuple[float, float, float]  # train subset - validation, inference mode
+    overfit_loss: tuple[float, float, float]  # validation - train subset loss
+    images_per_second: tuple[float, float, float]  # steady state: median, interval
+    epochs_to_target: list[int | None]
+    shift_accuracy: dict[int, tuple[float, float, float]]
+
+
+@dataclass
+class Analysis:
+    evidence: Evidence
+    plan: Plan
+    arms: list[ArmSummary]
+    family: list[statistics.Difference]
+    equivalences: list[statistics.Equivalence]
+    overfit_differences: list[statistics.Difference]
+    shift_differences: list[statistics.Difference]
+
+
+def _paired(evidence: Evidence, a: str, b: str, split: str):
+    seeds = evidence.common_seeds(a, b)
+    return {a: evidence.arms[a].matrix(split, seeds), b: evidence.arms[b].matrix(split, seeds)}
+
+
+def _diff(evidence: Evidence, a: str, b: str, split: str, draws: int) -> statistics.Difference:
+    correct = _paired(evidence, a, b, split)
+    replicates = statistics.bootstrap_means(correct, draws)
+    return statistics.difference(a, b, replicates, correct)
+
+
+def _two_level(matrix: np.ndarray, draws: int) -> np.ndarray:
+    """Replicates of the mean of a (seeds, photos) matrix of any numbers (loss, shares)."""
+    rng = np.random.default_rng(1)
+    seeds, photos = matrix.shape
+    seed_w, photo_w = statistics._resampling_weights(rng, seeds, photos, draws)
+    return np.sum((photo_w @ matrix.T) * seed_w, axis=1) / (seeds * photos)
+
+
+def _interval(point: float, replicates: np.ndarray) -> tuple[float, float, float]:
+    return (point, *statistics.percentile_interval(replicates))
+
+
+def _overfit(arm, draws: int) -> tuple[tuple, tuple, np.ndarray]:
+    """Train-subset minus validation accuracy, and validation minus train-subset loss, both
+    in inference mode, seeds paired, photos of each split resampled on their own."""
+    train = np.stack(arm.correct[TRAIN_SUBSET_SPLIT]).astype(float)
+    val = np.stack(arm.correct[VALIDATION]).astype(float)
+    gap = _two_level(train, draws) - _two_level(val, draws)
+    loss_gap = _two_level(np.stack(arm.loss[VALIDATION]), draws) - _two_level(
+        np.stack(arm.loss[TRAIN_SUBSET_SPLIT]), draws
+    )
+    point = train.mean() - val.mean()
+    loss_point = (
+        np.stack(arm.loss[VALIDATION]).mean() - np.stack(arm.loss[TRAIN_SUBSET_SPLIT]).mean()
+    )
+    return _interval(point, gap), _interval(loss_point, loss_gap), gap
+
+
+def _steady_speed(arm) -> tuple[float, float, float]:
+    """Median images/s of every epoch after the first (which traces the graph) of every
+    seed, with its distribution-free interval."""
+    speeds = []
+    for result in arm.results:
+        train_images = result.train_images_per_second * result.train_seconds
+        per_epoch = train_images / max(len(result.epoch_seconds), 1)
+        speeds += [per_epoch / s for s in result.epoch_seconds[1:] if s > 0]
+    return statistics.median_interval(speeds)
+
+
+def _epochs_to(arm, target: float) -> list[int | None]:
+    out = []
+    for result in arm.results:
+        reached = [i for i, v in enumerate(result.history["val_accuracy"], 1) if v >= target]
+        out.append(reached[0] if reached else None)
+    return out
+
+
+def summarize_arm(evidence: Evidence, name: str, plan: Plan) -> ArmSummary:
+    arm = evidence.arms[name]
+    summaries = {}
+    for split in (TEST, VALIDATION):
+        matrix = np.stack(arm.correct[split])
+        replicates = statistics.bootstrap_means({name: matrix}, plan.draws)[name]
+        summaries[split] = statistics.mean_interval(replicates, matrix)
+    overfit_accuracy, overfit_loss, _ = _overfit(arm, plan.draws)
+    shifts = {
+        pixels: _interval(float(np.mean(values)), _two_level(np.stack(values), plan.draws))
+        for pixels, values in sorted(arm.shifts.items())
+    }
+    return ArmSummary(
+        name, len(arm.seeds), arm.trainable_params, arm.flops_per_image, summaries[TEST],
+        summaries[VALIDATION], overfit_accuracy, overfit_loss, _steady_speed(arm),
+        _epochs_to(arm, plan.target_val_accuracy), shifts,
+    )  # fmt: skip
+
+
+def _paired_measure(evidence: Evidence, a: str, b: str, measure, draws: int):
+    """A - B of a per-(seed, photo) measure, paired by seed and photo (Holm-free)."""
+    seeds = evidence.common_seeds(a, b)
+    ma, mb = (np.stack([measure(evidence.arms[x], s) for s in seeds]) for x in (a, b))
+    deltas = _two_level(ma - mb, draws)
+    low, high = statistics.percentile_interval(deltas)
+    point = float((ma - mb).mean())
+    return statistics.Difference(
+        a, b, len(seeds), ma.shape[1], point, low, high,
+        statistics.bootstrap_p_value(deltas), float(np.std(deltas, ddof=1)),
+    )  # fmt: skip
+
+
+def analyse(evidence: Evidence, plan: Plan) -> Analysis:
+    """Everything the report prints, from the evidence and the plan."""
+    names = list(evidence.arms)
+    present = [(a, b) for a, b in plan.family if a in names and b in names]
+    family = statistics.holm([_diff(evidence, a, b, TEST, plan.draws) for a, b in present])
+    equivalences = []
+    for a, b in plan.equivalence:
+        if a in names and b in names:
+            correct = _paired(evidence, a, b, TEST)
+            replicates = statistics.bootstrap_means(correct, plan.draws)
+            equivalences.append(statistics.equivalence(a, b, replicates, correct, plan.margin))
+
+    def overfit(arm, seed):
+        i = arm.seeds.index(seed)
+        train = arm.correct[TRAIN_SUBSET_SPLIT][i].astype(float)
+        val = arm.correct[VALIDATION][i].astype(float)
+        size = min(len(train), len(val))  # paired row-wise for the bootstrap's shapes
+        return train[:size] - val[:size]
+
+    def shift_drop(arm, seed):
+        i = arm.seeds.index(seed)
+        largest = max(arm.shifts)
+        return arm.shifts[0][i] - arm.shifts[largest][i]
+
+    overfit_differences = [_paired_measure(evidence, a, b, overfit, plan.draws) for a, b in present]
+    shift_differences = [
+        _paired_measure(evidence, a, b, shift_drop, plan.draws)
+        for a, b in present
+        if evidence.arms[a].shifts and evidence.arms[b].shifts
+    ]
+    return Analysis(
+        evidence, plan, [summarize_arm(evidence, n, plan) for n in names], family, equivalences,
+        statistics.holm(overfit_differences), statistics.holm(shift_differences),
+    )  # fmt: skip
+
+
+def verdict(d: statistics.Difference, claimed_positive: bool = True) -> str:
+    """ "supported" when the Holm-adjusted test is significant in the claimed direction,
+    "contradicted" when significant the other way, else "not shown"."""
+    if not d.significant:
+        return NOT_SHOWN
+    return SUPPORTED if (d.difference > 0) == claimed_positive else NOT_SUPPORTED
+
+
+def points(value: float) -> str:
+    """An accuracy difference in percentage points."""
+    return f"{100 * value:+.2f}" if not math.isnan(value) else "n/a"

@@ -1,0 +1,130 @@
+"""Studies: cells trained through the flow, records written as each finishes, a killed run
+resumed without duplicates, a budget respected, status and reuse by key."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.study import cell_states, run_study, status_lines
+from gap_models import records
+from gap_models.studies import load_study
+from gap_models.study_records import read_data_file, read_record, records_dir
+from tests.fixtures import make_pet_images
+
+pytestmark = pytest.mark.integration
+
+STUDY = """
+description = "tiny"
+source = "photos"
+
+[grid]
+heads = ["gap", "fc"]
+seeds = [0, 1]
+precision = ["float32"]
+image_size = [32]
+epochs = [1]
+batch_size = [16]
+
+[analysis]
+family = [["gap", "fc"]]
+equivalence = [["gap", "fc"]]
+bootstrap_draws = 400
+"""
+
+
+@pytest.fixture
+def study_root(tmp_path, tracking_uri, prefect_harness):
+    root = tmp_path / "repo"
+    (root / "studies").mkdir(parents=True)
+    (root / "studies" / "tiny.toml").write_text(STUDY)
+    make_pet_images(root / "photos", per_class=40, size=32)
+    return root
+
+
+def _record_files(root: Path) -> list[Path]:
+    folder = records_dir(root, "tiny")
+    return sorted(p for p in folder.glob("*.json") if not p.name.startswith("data-"))
+
+
+def test_a_killed_study_resumes_every_cell_once_and_a_budget_stops_it(study_root):
+    # Killed in the middle of its second cell: the first cell's record is complete.
+    code = (
+        "import sys; from pathlib import Path; from flows.study import run_study; "
+        "run_study('tiny', root=Path(sys.argv[1]))"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(study_root)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not _record_files(study_root) and time.monotonic() < deadline:
+        assert child.poll() is None, "the study run ended before recording its first cell"
+        time.sleep(0.5)
+    time.sleep(2)  # into the second cell
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    first = _record_files(study_root)
+    assert [p.name for p in first] == ["gap-seed0.json"]
+    first_written = first[0].stat().st_mtime_ns
+
+    study = load_study(study_root, "tiny")
+    order = [(s.cell.arm, s.cell.seed) for s in cell_states(study_root, study)]
+    assert order == [("gap", 0), ("fc", 0), ("gap", 1), ("fc", 1)]  # first seeds first
+
+    # A budget too small for one cell on this CPU (now measured) trains nothing.
+    said: list[str] = []
+    left = run_study("tiny", budget_minutes=0.001, root=study_root, say=said.append)
+    assert len(left) == 3 and any(line.startswith("stopping:") for line in said)
+    assert len(_record_files(study_root)) == 1
+
+    left = run_study("tiny", root=study_root, say=said.append)
+    assert left == []
+    files = _record_files(study_root)
+    assert [p.name for p in files] == ["fc-seed0.json", "fc-seed1.json", "gap-seed0.json",
+                                       "gap-seed1.json"]  # fmt: skip
+    assert files[2].stat().st_mtime_ns == first_written  # not trained twice
+
+    data_files = list(records_dir(study_root, "tiny").glob("data-*.json"))
+    assert len(data_files) == 1
+    data = read_data_file(data_files[0])
+    for path in files:
+        record = read_record(path)
+        assert record.key in {s.key for s in cell_states(study_root, study)}
+        assert record.code_version and record.machine[records.CPU_FLAGS]
+        assert record.flops_per_image > 0 and record.cell_seconds > 0
+        for split, values in record.predictions.items():
+            assert len(values) == len(data.ids[split]) == len(data.labels[split]) > 0
+        assert sorted(record.shifts) == [0, 10, 20, 30]
+        for counts in record.shifts.values():
+            assert len(counts) == len(data.ids["test"]) and counts.max() <= 4
+        assert path.stat().st_size < 60_000  # small enough to commit
+    lines, states = status_lines(study_root, "tiny")
+    assert all(state.state == "done" for state in states)
+    assert lines[-1].startswith("4 done, 0 missing, 0 stale")
+
+
+def test_a_record_of_older_code_is_stale_and_retrained(study_root):
+    one = STUDY.replace('heads = ["gap", "fc"]', 'heads = ["gap"]').replace("[0, 1]", "[0]")
+    one = one.replace('family = [["gap", "fc"]]', "family = []").replace(
+        'equivalence = [["gap", "fc"]]', "equivalence = []"
+    )
+    (study_root / "studies" / "one.toml").write_text(one)
+    assert run_study("one", root=study_root) == []
+    (path,) = [p for p in records_dir(study_root, "one").glob("gap-*.json")]
+    content = json.loads(path.read_text())
+    content["key"] = "trained-by-older-code"
+    path.write_text(json.dumps(content))
+    study = load_study(study_root, "one")
+    assert [s.state for s in cell_states(study_root, study)] == ["stale"]
+    assert run_study("one", root=study_root) == []
+    assert read_record(path).key == cell_states(study_root, study)[0].key

@@ -1,0 +1,81 @@
+"""The statistics on synthetic photo-level results with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gap_models import statistics
+
+
+def _simulate(rng, seeds, photos, p_a, p_b, seed_sd=0.01):
+    """Right/wrong per (seed, photo) for two arms sharing photo difficulty and seed luck."""
+    difficulty = rng.normal(0, 1.0, photos)
+    luck = rng.normal(0, seed_sd, seeds)
+
+    def arm(p):  # noqa: E306
+        logit = np.log(p / (1 - p)) + difficulty[None, :] * 0.0
+        prob = 1 / (1 + np.exp(-logit)) + luck[:, None]
+        return (rng.random((seeds, photos)) < np.clip(prob, 0, 1)).astype(np.int8)
+
+    return {"a": arm(p_a), "b": arm(p_b)}
+
+
+def test_the_two_level_interval_covers_the_true_difference_at_least_at_its_level():
+    rng = np.random.default_rng(7)
+    covered, runs = 0, 120
+    for run in range(runs):
+        correct = _simulate(rng, seeds=5, photos=400, p_a=0.80, p_b=0.77)
+        replicates = statistics.bootstrap_means(correct, draws=400, seed=run)
+        d = statistics.difference("a", "b", replicates, correct)
+        covered += d.low <= 0.03 <= d.high
+    # Nominal 95%; two levels of resampling err on the wide side, never far below.
+    assert 0.9 <= covered / runs <= 1.0
+
+
+def test_accuracies_stay_inside_zero_and_one():
+    correct = {"a": np.ones((3, 50), np.int8), "b": np.zeros((3, 50), np.int8)}
+    replicates = statistics.bootstrap_means(correct, draws=300)
+    for arm in correct:
+        value, low, high = statistics.mean_interval(replicates[arm], correct[arm])
+        assert 0 <= low <= value <= high <= 1
+
+
+@pytest.mark.parametrize("dtype", [np.int8, bool, np.float64])
+def test_a_constant_difference_of_k_photos_reads_the_same_from_counts_or_fractions(dtype):
+    rng = np.random.default_rng(0)
+    a = (rng.random((5, 1000)) < 0.8).astype(np.int8)
+    a[:, :30] = 1
+    b = a.copy()
+    b[:, :12] = 0  # 12 photos fewer right, on every seed alike: no seed-to-seed spread at all
+    correct = {"a": a.astype(dtype), "b": b.astype(dtype)}
+    replicates = statistics.bootstrap_means(correct, draws=1000)
+    d = statistics.difference("a", "b", replicates, correct)
+    assert d.difference == 12 / 1000  # exact, from integer counts
+    assert np.isfinite(d.p_value) and d.p_value < 0.05  # a real answer, neither NaN nor 1e-27
+    assert d.p_value > 1e-4
+
+
+def test_tost_accepts_inside_the_margin_and_rejects_outside():
+    rng = np.random.default_rng(3)
+    same = _simulate(rng, seeds=5, photos=20_000, p_a=0.80, p_b=0.80)
+    replicates = statistics.bootstrap_means(same, draws=500)
+    assert statistics.equivalence("a", "b", replicates, same, margin=0.01).equivalent
+    apart = _simulate(rng, seeds=5, photos=20_000, p_a=0.825, p_b=0.80)
+    replicates = statistics.bootstrap_means(apart, draws=500)
+    assert not statistics.equivalence("a", "b", replicates, apart, margin=0.01).equivalent
+
+
+def test_holm_is_statsmodels_and_the_detectable_size_follows_the_standard_error():
+    base = statistics.Difference("a", "b", 5, 100, 0.01, 0, 0.02, 0.01, 0.005)
+    family = statistics.holm(
+        [base, statistics.Difference("a", "c", 5, 100, 0.0, -0.01, 0.01, 0.04, 0.005)]
+    )
+    assert [d.p_holm for d in family] == pytest.approx([0.02, 0.04])
+    assert base.detectable == pytest.approx(2.8016 * 0.005, rel=1e-3)
+
+
+def test_the_median_interval_is_distribution_free():
+    value, low, high = statistics.median_interval(list(range(1, 21)))
+    assert value == 10.5 and low < value < high
+    assert (low, high) == (6.0, 15.0)

@@ -1,0 +1,136 @@
+"""Studies as data: study files validate, synthetic records render, and every committed
+section of docs/RESULTS.md is exactly what its study's records render to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gap_models import records
+from gap_models.records import RunResult
+from gap_models.studies import load_study, study_names
+from gap_models.study_records import (
+    CellRecord,
+    DataFile,
+    data_path,
+    read_record,
+    record_path,
+    write_json_atomically,
+)
+from gap_models.study_report import RESULTS, committed_section, render, replace_section
+
+ROOT = Path(__file__).resolve().parents[2]
+STUDY = """
+description = "synthetic"
+source = "photos"
+
+[grid]
+heads = ["fc", "gap"]
+seeds = [0, 1, 2]
+precision = ["float32"]
+
+[analysis]
+family = [["gap", "fc"]]
+equivalence = [["gap", "fc"]]
+bootstrap_draws = 300
+figures = ["forest", "accuracies", "curves", "overfitting", "translation", "speed"]
+"""
+
+
+def _write_study(root: Path, with_seed2: bool = True) -> None:
+    (root / "studies").mkdir(parents=True)
+    (root / "studies" / "synthetic.toml").write_text(STUDY)
+    (root / "photos").mkdir()
+    rng = np.random.default_rng(0)
+    n = 300
+    labels = {s: rng.integers(0, 2, n) for s in ("validation", "test", "train_subset")}
+    ids = {s: rng.integers(0, 2**63, n, dtype=np.uint64) for s in labels}
+    write_json_atomically(
+        data_path(root, "synthetic", "d1"),
+        DataFile("d1", ("cat", "dog"), 2400, ids, labels).to_json(),
+    )
+    study = load_study(root, "synthetic")
+    for cell in study.cells(root):
+        if cell.seed == 2 and not with_seed2:
+            continue
+        skill = 0.8 if cell.head == "gap" else 0.75
+        predictions = {}
+        for split, truth in labels.items():
+            right = rng.random(n) < (skill + (0.15 if split == "train_subset" else 0))
+            p = np.where(right, truth, 1 - truth) * 0.8 + 0.1
+            predictions[split] = p.astype(np.float32)
+        result = RunResult(
+            head=cell.head, seed=cell.seed, run_id=f"r{cell.seed}", trainable_params=
+            29_000 if cell.head == "gap" else 700_000, history={
+                records.LOSS: [0.6, 0.5], records.ACCURACY: [0.7, 0.8],
+                records.VAL_LOSS: [0.6, 0.55], records.VAL_ACCURACY: [0.7, 0.78]},
+            test_metrics={records.TEST_ACCURACY: skill, records.TEST_LOSS: 0.5,
+                          records.TEST_AUC: 0.8},
+            train_seconds=20.0, train_images_per_second=240.0, epoch_seconds=[11.0, 9.0],
+            final_val_accuracy=skill, flops_per_image=73_000_000,
+        )  # fmt: skip
+        shifts = {p: rng.integers(0, 5 if p else 2, n).astype(np.uint8) for p in (0, 10, 20, 30)}
+        record = CellRecord(
+            "synthetic", cell.arm, cell.head, cell.seed, "k", "d1", "v1", cell.settings,
+            {records.CPU_MODEL: "CPU", records.CPU_FLAGS: "avx2"}, result, predictions, shifts,
+            73_000_000, 2400, 30.0, {}, "2026-12-02T00:00:00Z",
+        )  # fmt: skip
+        write_json_atomically(record_path(root, "synthetic", cell.file_stem), record.to_json())
+
+
+def test_records_round_trip_and_stay_small(tmp_path):
+    _write_study(tmp_path)
+    path = record_path(tmp_path, "synthetic", "gap-seed1")
+    record = read_record(path)
+    assert record.result.trainable_params == 29_000 and record.seed == 1
+    assert record.predictions["test"].dtype == np.float32 and len(record.predictions["test"]) == 300
+    assert set(record.shifts) == {0, 10, 20, 30}
+    assert path.stat().st_size < 20_000
+
+
+def test_a_study_renders_and_a_hand_edit_is_caught(tmp_path):
+    _write_study(tmp_path)
+    section, figures = render(tmp_path, "synthetic", "studies/synthetic")
+    assert set(figures) == {f"{k}.png" for k in
+                            ("forest", "accuracies", "curves", "overfitting", "translation", "speed")}  # fmt: skip
+    assert "| gap - fc |" in section and "GAP removes most trainable parameters" in section
+    document = replace_section("# Results\n\nIntro.\n", "synthetic", section)
+    assert committed_section(document, "synthetic") == section.rstrip()
+    again, _ = render(tmp_path, "synthetic", "studies/synthetic", draw=False)
+    assert again == section  # deterministic
+    edited = document.replace("| gap | 3 |", "| gap | 4 |")
+    assert committed_section(edited, "synthetic") != again.rstrip()
+
+
+def test_a_partial_study_says_what_is_missing(tmp_path):
+    _write_study(tmp_path, with_seed2=False)
+    section, _ = render(tmp_path, "synthetic", "x", draw=False)
+    assert "Not yet recorded: fc seed 2, gap seed 2." in section
+
+
+def test_a_study_file_names_its_arms_and_explicit_precision(tmp_path):
+    (tmp_path / "studies").mkdir()
+    bad = STUDY.replace('family = [["gap", "fc"]]', 'family = [["gap", "avgpool"]]')
+    (tmp_path / "studies" / "bad.toml").write_text(bad)
+    with pytest.raises(ValueError, match="avgpool"):
+        load_study(tmp_path, "bad")
+    (tmp_path / "studies" / "auto.toml").write_text(STUDY.replace('"float32"', '"auto"'))
+    with pytest.raises(ValueError, match="explicit"):
+        load_study(tmp_path, "auto")
+
+
+@pytest.mark.parametrize("name", study_names(ROOT))
+def test_every_committed_study_section_is_what_its_records_render(name):
+    """No figure in docs/RESULTS.md is typed by hand or stale: each study's generated section
+    is re-rendered from the committed records and must match to the character."""
+    document = (ROOT / RESULTS).read_text()
+    committed = committed_section(document, name)
+    assert committed is not None, f"docs/RESULTS.md has no section for study {name}: run " \
+        f"`compare-heads study report {name}`"  # fmt: skip
+    rendered, _ = render(ROOT, name, f"studies/{name}", draw=False)
+    assert committed == rendered.rstrip(), (
+        f"the section of study {name} in docs/RESULTS.md differs from what its records render: "
+        f"run `compare-heads study report {name}` (never edit it by hand)"
+    )

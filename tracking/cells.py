@@ -1,0 +1,170 @@
+"""One cell (one trained (head, seed) model) as an MLflow child run: the job that names it,
+training it with every epoch logged, scoring it, and the trained run handed on by reference.
+
+The Prefect tasks call ``train_cell`` and ``evaluate_cell``; the core (gap_models) does the
+work, this module records it. A finished cell of an interrupted flow run whose key (data,
+head, seed, training settings, code version) matches is adopted instead of retrained.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from gap_models import records
+from gap_models.config import RunConfig
+from gap_models.data import cached_class_names, read_manifest
+from gap_models.evaluation import score_cell
+from gap_models.hardware import hardware_params
+from gap_models.models import flops_per_image, trainable_params, with_stock_layers
+from gap_models.progress import describe_epoch
+from gap_models.provenance import code_version
+from gap_models.training import build_training_model, fit_head
+from tracking import recovery
+from tracking.logged_model import load_logged_model, log_image_model, pip_requirements
+from tracking.runs import (
+    client,
+    closing_run,
+    log_dataset,
+    log_metrics,
+    log_params,
+    log_predictions,
+    scores,
+)
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """Everything one cell's training needs: small and picklable, so a Dask worker gets it
+    as it is. ``config`` is resolved (``RunConfig.resolved``)."""
+
+    cache_dir: str
+    head: str
+    seed: int
+    config: RunConfig
+    experiment_id: str
+    parent_run_id: str
+    skipped_images: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.head} seed {self.seed}"
+
+    def key(self) -> str:
+        """The cell's key: what a finished run must match to be adopted."""
+        identity = records.cell_identity(
+            self.config, self.head, self.seed, Path(self.cache_dir).name, code_version()
+        )
+        return records.cell_key(identity)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A trained model, by reference: its MLflow child run and logged model.
+
+    ``reused`` marks a run taken over from an interrupted flow run: already evaluated.
+    """
+
+    head: str
+    seed: int
+    run_id: str
+    model_uri: str
+    trainable_params: int
+    reused: bool = False
+    compute_seconds: float = 0.0  # fit + BatchNorm recalibration, this flow run only
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (a Dask worker: every model it trained;
+    Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _adopt(mlflow_client, job: CellJob, key: str, logger) -> TrainedRun | None:
+    previous = recovery.adopt_finished_run(mlflow_client, job.experiment_id, key, job.parent_run_id)
+    if previous is None:
+        return None
+    logger.info("%s: reusing finished run %s", job.label, previous.info.run_id)
+    return TrainedRun(
+        job.head,
+        job.seed,
+        previous.info.run_id,
+        previous.data.tags[records.MODEL_URI_TAG],
+        int(previous.data.params[records.TRAINABLE_PARAMS]),
+        reused=True,
+    )
+
+
+def _open_child(mlflow_client, job: CellJob, key: str, logger) -> str:
+    """Close this cell's attempts of lost workers, then open its child run."""
+    for lost in recovery.fail_open_children(
+        mlflow_client,
+        job.experiment_id,
+        job.parent_run_id,
+        "its process died while training (a lost Dask worker); trained again elsewhere",
+        key,
+    ):
+        logger.warning("%s: run %s of a lost worker marked FAILED", job.label, lost)
+    tags = {records.HEAD: job.head, records.SEED: str(job.seed), records.RUN_KEY_TAG: key}
+    return recovery.create_run(
+        mlflow_client, job.experiment_id, f"{job.head}-seed{job.seed}", tags, job.parent_run_id
+    )
+
+
+def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> TrainedRun:
+    """Train a fresh model for the job's head from its seed's initial weights, every epoch
+    logged live; log the model (stock layers) and leave the run open for ``evaluate_cell``."""
+    mlflow_client = client()
+    key = job.key()
+    adopted = _adopt(mlflow_client, job, key, logger)
+    if adopted is not None:
+        return adopted
+    run_id = _open_child(mlflow_client, job, key, logger)
+    classes = cached_class_names(job.cache_dir)
+    with closing_run(mlflow_client, run_id, finish_on_success=False):
+        model = build_training_model(job.head, job.seed, job.config, num_classes=len(classes))
+        params = trainable_params(model)
+        cell = records.cell_params(job.config, job.head, job.seed, params, code_version())
+        cell[records.FLOPS_PER_IMAGE] = flops_per_image(model)
+        log_params(mlflow_client, run_id, {**cell, **hardware_params()})
+        log_metrics(mlflow_client, run_id, {records.SKIPPED_IMAGES: job.skipped_images})
+        log_dataset(mlflow_client, run_id, read_manifest(Path(job.cache_dir)))
+        logger.info("Training %s (%s trainable parameters)", job.label, f"{params:,}")
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            logged = {name: metrics[name] for name in records.EPOCH_METRICS if name in metrics}
+            log_metrics(mlflow_client, run_id, logged, step=epoch)
+            logger.info(describe_epoch(job.label, epoch, job.config.epochs, metrics))
+
+        result = fit_head(model, job.seed, job.config, job.cache_dir, on_epoch)
+        finals = {**result.final_metrics(), records.PROCESS_PEAK_MEMORY_MB: peak_memory_mb()}
+        log_metrics(mlflow_client, run_id, finals)
+        log_params(mlflow_client, run_id, {records.CALLBACKS: ",".join(result.callbacks)})
+        stock = with_stock_layers(model)  # loadable by any Keras / MLflow process
+        model_uri = log_image_model(mlflow_client, run_id, stock, classes, pip_requirements())
+    logger.info("%s: %.0f images/s; model %s", job.label, result.images_per_second, model_uri)
+    return TrainedRun(
+        job.head, job.seed, run_id, model_uri, params, compute_seconds=result.compute_seconds
+    )
+
+
+def evaluate_cell(
+    trained: TrainedRun, cache_dir: str, logger: logging.Logger | logging.LoggerAdapter
+) -> dict[str, float]:
+    """Score the logged model, loaded back from MLflow, on the test split (as is, and shifted
+    for the translation claim) and on the validation split; log the scores and close the
+    run. An adopted run keeps the scores it already has."""
+    mlflow_client = client()
+    if trained.reused:
+        return scores(mlflow_client, trained.run_id)
+    with closing_run(mlflow_client, trained.run_id):
+        model = load_logged_model(trained.model_uri)
+        label = f"{trained.head} seed {trained.seed}"
+        scored = score_cell(
+            model, cache_dir, lambda step: logger.info("%s: scoring %s", label, step)
+        )
+        log_metrics(mlflow_client, trained.run_id, scored.metrics)
+        log_predictions(mlflow_client, trained.run_id, scored, cache_dir)
+    return scored.metrics

@@ -1,0 +1,98 @@
+"""The model every run logs: the image-file pyfunc of ``tracking/image_classifier.py``
+around a trained Keras model of stock layers, and how it is loaded back.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from gap_models import records
+from tracking.runs import client, repo_root
+
+IMAGE_MODEL_CODE = Path(__file__).with_name("image_classifier.py")
+"""The pyfunc every model is logged as (MLflow "models from code")."""
+SHIPPED_CODE = (
+    repo_root() / "gap_models" / "data" / "decoding.py",
+    repo_root() / "gap_models" / "probabilities.py",
+)
+"""Standalone modules shipped inside each logged model: the training decode path and the
+reading of outputs, importable there as ``decoding`` and ``probabilities``."""
+
+
+def log_image_model(
+    mlflow_client: MlflowClient,
+    run_id: str,
+    model,
+    class_names: tuple[str, ...],
+    pip_requirements: list[str],
+) -> str:
+    """Log a trained Keras model as the image-file pyfunc of ``tracking/image_classifier.py`` (with
+    the class names and image size it needs); return its model URI, also kept as the run's
+    ``model_uri`` tag (what resumption reuses)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    image_size = int(model.input_shape[1])
+    config = {records.MODEL_CLASS_NAMES: list(class_names), records.MODEL_IMAGE_SIZE: image_size}
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema(
+            [ColSpec("double", name) for name in class_names]
+            + [ColSpec("string", "label"), ColSpec("double", "probability")]
+        ),
+    )
+    with tempfile.TemporaryDirectory(prefix="compare-heads-model-") as scratch:
+        keras_file = Path(scratch) / "model.keras"
+        model.save(keras_file)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(IMAGE_MODEL_CODE),
+                artifacts={records.MODEL_KERAS_ARTIFACT: str(keras_file)},
+                code_paths=[str(path) for path in SHIPPED_CODE],
+                model_config=config,
+                metadata=config,
+                signature=signature,
+                pip_requirements=pip_requirements,
+            )
+    mlflow_client.set_tag(run_id, records.MODEL_URI_TAG, info.model_uri)
+    return info.model_uri
+
+
+def load_logged_model(model_uri: str):
+    """The Keras model inside a model this project logged (Keras safe mode on: no arbitrary
+    code)."""
+    client()
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
+
+
+def logged_class_names(model_uri: str) -> tuple[str, ...]:
+    """The classes a logged model predicts, in label order (from the model's metadata)."""
+    client()
+    metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+    if records.MODEL_CLASS_NAMES not in metadata:
+        raise ValueError(
+            f"{model_uri} has no class names in its metadata: it was not logged by this "
+            "version of compare-heads (retrain it, or load it with mlflow.pyfunc yourself)"
+        )
+    return tuple(metadata[records.MODEL_CLASS_NAMES])
+
+
+def pip_requirements() -> list[str]:
+    """What a logged model needs to load and serve (given explicitly: MLflow's inference of
+    requirements imports the model in a subprocess)."""
+    import keras
+    import pandas
+    import PIL
+    import tensorflow as tf
+
+    return [
+        f"tensorflow-cpu=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"pillow=={PIL.__version__}",
+        f"pandas=={pandas.__version__}",
+    ]

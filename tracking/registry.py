@@ -1,0 +1,181 @@
+"""The model registry: which registered model a run's champion lives in, and the champion /
+challenger decision, made on the current validation split (the test split only reports).
+
+The best cell of the best head becomes a new version with alias ``challenger``; it becomes
+``champion`` when there is none yet, or when it beats the current champion with both scored
+on the *same* current validation photos. Version and alias changes are undone together if
+any step fails. Callers serialise decisions (the promote task holds a Prefect concurrency
+slot), so the champion always ends on the better model, never on whoever wrote last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from gap_models import records
+from gap_models.config import RunConfig
+from gap_models.data import cached_class_names
+from gap_models.evaluation import score_on_validation
+from gap_models.records import RunResult
+from tracking.logged_model import load_logged_model, logged_class_names
+from tracking.runs import log_metrics
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+CATS_VS_DOGS_MODEL = "cats-vs-dogs"
+"""The registered model of Cats vs Dogs data (SPEC: its champion is models:/cats-vs-dogs@champion)."""
+
+
+def registered_model_name(config: RunConfig, class_names: tuple[str, ...]) -> str:
+    """``model_name``, or by default ``cats-vs-dogs`` for Cats vs Dogs data (whatever the
+    source) and the source's file or folder name, made safe, for any other data."""
+    if config.model_name:
+        return config.model_name
+    if tuple(name.casefold() for name in class_names) == ("cat", "dog"):
+        return CATS_VS_DOGS_MODEL
+    stem = Path(config.source).expanduser().resolve().stem
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", stem).strip("-.") or "compare-heads"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What the registry step decided, and on which scores."""
+
+    decision: str  # "promoted" (no champion yet or challenger better) or "kept"
+    version: str
+    challenger_val_accuracy: float  # decides, with the champion's on the same split
+    champion_val_accuracy: float | None
+    challenger_test_accuracy: float  # reports only
+    champion_version: str | None
+    head: str
+    run_id: str
+    name: str = CATS_VS_DOGS_MODEL
+
+
+def current_champion(client, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _register(client, name: str, candidate: RunResult):
+    with contextlib.suppress(MlflowException):  # exists already
+        client.create_registered_model(name)
+    # MLflow 3 logged models live at models:/<model id>; a tracking server insists that the
+    # version names that id as well as the source.
+    model_id = candidate.model_uri.removeprefix("models:/")
+    return client.create_model_version(
+        name, source=candidate.model_uri, run_id=candidate.run_id, model_id=model_id
+    )
+
+
+def _champion_accuracy(client, name: str, champion, cache_dir: str) -> float | None:
+    """The champion's accuracy on this run's validation split (None: no champion yet)."""
+    if champion is None:
+        return None
+    champion_uri = f"models:/{name}@{CHAMPION}"
+    classes = cached_class_names(cache_dir)
+    if logged_class_names(champion_uri) != classes:
+        raise ValueError(
+            f"registered model {name!r} holds a champion for classes "
+            f"{list(logged_class_names(champion_uri))}, not this data's "
+            f"{list(classes)}: pass model_name to register these models elsewhere"
+        )
+    scores = score_on_validation(load_logged_model(champion_uri), cache_dir)
+    return scores[records.SELECTION_METRIC]
+
+
+def decide(client, name: str, candidate: RunResult, cache_dir: str) -> Promotion:
+    """Register the candidate, score the current champion on this run's validation split,
+    move the aliases; the version records both the validation and the test accuracy."""
+    challenger_accuracy = candidate.final_val_accuracy
+    champion = current_champion(client, name)
+    champion_accuracy = _champion_accuracy(client, name, champion, cache_dir)
+    promote = champion_accuracy is None or challenger_accuracy > champion_accuracy
+
+    version = _register(client, name, candidate)
+    try:
+        for key, value in (
+            (records.SELECTION_METRIC, challenger_accuracy),
+            (records.TEST_ACCURACY, candidate.test_accuracy),
+        ):
+            client.set_model_version_tag(name, version.version, key, f"{value:.6f}")
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        if promote:
+            client.set_registered_model_alias(name, CHAMPION, version.version)
+    except BaseException:
+        _roll_back(client, name, version.version, champion)
+        raise
+
+    return Promotion(
+        decision="promoted" if promote else "kept",
+        version=str(version.version),
+        challenger_val_accuracy=challenger_accuracy,
+        champion_val_accuracy=champion_accuracy,
+        challenger_test_accuracy=candidate.test_accuracy,
+        champion_version=str(champion.version) if champion is not None else None,
+        head=candidate.head,
+        run_id=candidate.run_id,
+        name=name,
+    )
+
+
+def _roll_back(client, name: str, version: str, champion) -> None:
+    """Undo a half-done registration: the new version goes, the old champion stays. What
+    could not be undone is logged (the original error is re-raised by the caller)."""
+    steps = []
+    if champion is not None:
+        steps.append(
+            (
+                f"point {CHAMPION} back at version {champion.version}",
+                lambda: client.set_registered_model_alias(name, CHAMPION, champion.version),
+            )
+        )
+    steps.append((f"delete version {version}", lambda: client.delete_model_version(name, version)))
+    for description, step in steps:
+        try:
+            step()
+        except MlflowException as error:
+            logging.getLogger(__name__).error(
+                "Registry roll-back of %s could not %s: %s; fix it by hand in the MLflow UI",
+                name,
+                description,
+                error,
+            )
+
+
+def record(client, parent_run_id: str, promotion: Promotion) -> None:
+    """The decision on the parent run: the scores it was made on, and tags."""
+    metrics = {
+        records.CHALLENGER_VAL_ACCURACY: promotion.challenger_val_accuracy,
+        records.CHALLENGER_TEST_ACCURACY: promotion.challenger_test_accuracy,
+    }
+    if promotion.champion_val_accuracy is not None:
+        metrics[records.CHAMPION_VAL_ACCURACY] = promotion.champion_val_accuracy
+    log_metrics(client, parent_run_id, metrics)
+    client.set_tag(parent_run_id, records.REGISTERED_MODEL_TAG, promotion.name)
+    client.set_tag(parent_run_id, records.PROMOTION_DECISION_TAG, promotion.decision)
+    client.set_tag(parent_run_id, records.REGISTERED_VERSION_TAG, promotion.version)
+
+
+def promotion_markdown(promotion: Promotion) -> str:
+    """The decision in words, for the flow run's Prefect artifact."""
+    before = (
+        f"version {promotion.champion_version} scored {promotion.champion_val_accuracy:.4f}"
+        if promotion.champion_version
+        else "there was no champion"
+    )
+    return (
+        f"# Model registry: `{promotion.name}`\n\n"
+        f"Challenger: version {promotion.version} ({promotion.head}, run "
+        f"`{promotion.run_id}`), validation accuracy {promotion.challenger_val_accuracy:.4f} "
+        f"(test accuracy {promotion.challenger_test_accuracy:.4f}, reported only). "
+        f"Champion before: {before} on the same validation split.\n\n"
+        f"Decision: **{promotion.decision}**."
+    )
