@@ -20,7 +20,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 # Flow parameters for `make run`, as a JSON object; exported so that the JSON's quotes and
-# spaces reach scripts/run.sh untouched.
+# spaces reach scripts/run.py untouched.
 PARAMS ?=
 export PARAMS
 
@@ -54,7 +54,8 @@ status:
 deploy: up
 
 run: venv
-	scripts/run.sh
+	scripts/services.sh up && scripts/services.sh deploy && \
+		eval "$$(scripts/services.sh env)" && $(BIN)/python scripts/run.py
 
 # MODEL, ALIAS (champion) and SERVE_PORT (5002) are read from the environment or make's
 # command line by the script.

@@ -79,20 +79,26 @@ def cams(
     model_uri: Annotated[str, typer.Argument(help="MLflow URI of a gap model")],
     source: Annotated[str, typer.Option(help="The photos the model's run used")],
     out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("cam_grid.png"),
-    image_size: int = 100,
-    split: Annotated[str, typer.Option(help="train,validation,test percentages")] = "80,10,10",
+    split: Annotated[
+        str | None,
+        typer.Option(help="train,validation,test percentages (default: the model's run's)"),
+    ] = None,
     per_class: Annotated[int | None, typer.Option(help="Test photos per class")] = None,
 ) -> None:
     """Draw a gap model's class activation maps (of the predicted class) on the first test
-    photos of each class."""
+    photos of each class. The image size is the model's; the split, its flow run's."""
     from gap_models.data import cached_class_names, preprocess
     from gap_models.report import cam_figure
     from tracking.logged_model import load_logged_model as load_model
+    from tracking.logged_model import logged_split
 
-    prepared = preprocess(source, image_size, [int(part) for part in split.split(",")], None)
+    model = load_model(model_uri)
+    image_size = int(model.input_shape[1])
+    percentages = [int(part) for part in split.split(",")] if split else logged_split(model_uri)
+    prepared = preprocess(source, image_size, percentages, None)
     classes = cached_class_names(prepared.cache_dir)
     per_class = per_class or max(1, 8 // len(classes))
-    cam_figure(load_model(model_uri), str(prepared.cache_dir), per_class).savefig(out, dpi=110)
+    cam_figure(model, str(prepared.cache_dir), per_class).savefig(out, dpi=110)
     typer.echo(f"{out} (the first test photos, {per_class} of each class: {', '.join(classes)})")
 
 

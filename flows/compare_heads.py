@@ -28,7 +28,7 @@ from tasks.data import download, preprocess, record_data
 from tasks.promote import promote_best
 from tracking import recovery, runs
 from tracking.cells import TrainedRun, peak_memory_mb
-from tracking.registry import Promotion, registered_model_name
+from tracking.registry import Promotion, check_classes, registered_model_name
 
 
 @dataclass
@@ -138,6 +138,9 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
     with phases("preprocess"):
         prepared = preprocess(local_source, config.image_size, config.split, config.max_images)
     record_data(prepared, parent_id)
+    if config.promote:  # a champion of other classes: refused now, not after training
+        check_classes(client, registered_model_name(config, prepared.class_names),
+                      prepared.class_names)  # fmt: skip
     compute = prepared.seconds  # the tasks' own work, without orchestration or tracking
     with phases("train_evaluate"):
         outcomes = train_models_on(

@@ -42,12 +42,21 @@ def train_models(
     order. Each result is fetched and released as soon as its task ends, so a worker that
     dies later holds nothing Dask would compute again. Afterwards no child run is left
     RUNNING (an attempt on a lost worker is closed FAILED)."""
+    cells = [(seed, head) for seed in config.seeds for head in config.heads]
     submitted = [
         train_and_evaluate.submit(
-            CellJob(cache_dir, head, seed, config, experiment_id, parent_id, skipped_images)
+            CellJob(
+                cache_dir,
+                head,
+                seed,
+                config,
+                experiment_id,
+                parent_id,
+                skipped_images,
+                position=(index, len(cells)),
+            )
         )
-        for seed in config.seeds
-        for head in config.heads
+        for index, (seed, head) in enumerate(cells, start=1)
     ]
     outcomes: dict[int, CellOutcome] = {}
     order = {id(future): index for index, future in enumerate(submitted)}

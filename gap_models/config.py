@@ -72,7 +72,7 @@ class RunConfig(BaseModel):
         "learning-rate schedule, early stopping)",
     )
     # Emulated bfloat16 is 3.5x slower than float32 on an AVX2-only CPU, native bfloat16
-    # much faster (docs/RESULTS.md, 3.1): "auto" decides per machine (gap_models/hardware.py).
+    # much faster (docs/RESULTS.md, 2.1): "auto" decides per machine (gap_models/hardware.py).
     precision: Precision = Field(
         "auto",
         description="auto (bfloat16 where the hardware computes it natively, else float32), "

@@ -74,6 +74,7 @@ CODE_VERSION = "code_version"
 """A digest of the core's code and its numerical libraries (gap_models.provenance): part of
 every run's parameters and of the key by which a finished model is adopted."""
 CALLBACKS = "callbacks"
+SPLIT_PARAM = "split"  # a RunConfig field, read back by `compare-heads cams`
 CLASS_NAMES = "class_names"
 DATASET_PROFILE_KEYS: tuple[str, ...] = ("class_names", "split_counts", "images_used", "image_size")
 """What of the data cache's manifest the MLflow dataset input shows as its profile."""

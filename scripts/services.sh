@@ -537,6 +537,9 @@ cmd_up() {
         create_databases
     fi
     start_mlflow
+    # Clients of this checkout find the server here when MLFLOW_TRACKING_URI is unset
+    # (tracking/runs.py): `compare-heads predict` after `make up` needs no export.
+    printf '%s\n' "$MLFLOW_URL" >"$SERVICES_DIR/mlflow_url"
     start_prefect
     write_prefect_toml
     ensure_work_pool
@@ -552,7 +555,8 @@ cmd_deploy() {
     healthy prefect || fail "the Prefect server at $PREFECT_API is not up; run 'make up' first"
     # Every deployment in prefect.yaml, created or updated in place (idempotent). Run from
     # the repository root: the build step there records it as the flow runs' working dir.
-    (cd "$ROOT" && "$VENV_BIN/prefect" --no-prompt deploy --all) \
+    # prefect.yaml names the work pool through this variable: the pool the worker polls.
+    (cd "$ROOT" && COMPARE_HEADS_WORK_POOL="$WORK_POOL" "$VENV_BIN/prefect" --no-prompt deploy --all) \
         || fail "prefect deploy failed (see the output above)"
 }
 
@@ -568,6 +572,7 @@ cmd_down() {
     stop_service worker
     stop_service prefect
     stop_service mlflow
+    rm -f "$SERVICES_DIR/mlflow_url"
     stop_postgres
     remove_prefect_toml
 }

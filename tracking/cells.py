@@ -47,6 +47,7 @@ class CellJob:
     experiment_id: str
     parent_run_id: str
     skipped_images: int = 0
+    position: tuple[int, int] = (1, 1)  # model k of n in its flow run (progress lines)
 
     @property
     def label(self) -> str:
@@ -133,10 +134,16 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
         log_dataset(mlflow_client, run_id, read_manifest(Path(job.cache_dir)))
         logger.info("Training %s (%s trainable parameters)", job.label, f"{params:,}")
 
+        seconds: list[float] = []
+
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             logged = {name: metrics[name] for name in records.EPOCH_METRICS if name in metrics}
             log_metrics(mlflow_client, run_id, logged, step=epoch)
-            logger.info(describe_epoch(job.label, epoch, job.config.epochs, metrics))
+            seconds.append(metrics[records.EPOCH_SECONDS])
+            line = describe_epoch(
+                job.label, epoch, job.config.epochs, metrics, job.position, seconds
+            )
+            logger.info(line)
 
         result = fit_head(model, job.seed, job.config, job.cache_dir, on_epoch)
         finals = {**result.final_metrics(), records.PROCESS_PEAK_MEMORY_MB: peak_memory_mb()}

@@ -96,3 +96,21 @@ def pip_requirements() -> list[str]:
         f"pillow=={PIL.__version__}",
         f"pandas=={pandas.__version__}",
     ]
+
+
+def logged_split(model_uri: str) -> list[int]:
+    """The split percentages of the flow run that trained a logged model (its parent run's
+    ``split`` parameter; the default when the model has no such run)."""
+    import ast
+
+    from gap_models.config import RunConfig
+
+    mlflow_client = client()
+    run_id = mlflow.models.get_model_info(model_uri).run_id
+    if run_id:
+        parent = mlflow_client.get_run(run_id).data.tags.get(records.PARENT_RUN_TAG)
+        if parent:
+            logged = mlflow_client.get_run(parent).data.params.get(records.SPLIT_PARAM)
+            if logged:
+                return list(ast.literal_eval(logged))
+    return RunConfig.model_fields[records.SPLIT_PARAM].get_default(call_default_factory=True)

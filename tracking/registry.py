@@ -80,15 +80,29 @@ def _champion_accuracy(client, name: str, champion, cache_dir: str) -> float | N
     if champion is None:
         return None
     champion_uri = f"models:/{name}@{CHAMPION}"
-    classes = cached_class_names(cache_dir)
-    if logged_class_names(champion_uri) != classes:
-        raise ValueError(
-            f"registered model {name!r} holds a champion for classes "
-            f"{list(logged_class_names(champion_uri))}, not this data's "
-            f"{list(classes)}: pass model_name to register these models elsewhere"
-        )
+    check_classes(client, name, cached_class_names(cache_dir))
     scores = score_on_validation(load_logged_model(champion_uri), cache_dir)
     return scores[records.SELECTION_METRIC]
+
+
+def same_classes(first: tuple[str, ...], second: tuple[str, ...]) -> bool:
+    """The same classes in the same label order, whatever their case: tensorflow-datasets
+    names Cats vs Dogs ``cat``/``dog``, the PetImages folders ``Cat``/``Dog``."""
+    return [c.casefold() for c in first] == [c.casefold() for c in second]
+
+
+def check_classes(client, name: str, classes: tuple[str, ...]) -> None:
+    """Refuse data whose classes differ from the registered model's champion's: called
+    before any training, so a run that could not be promoted fails in seconds."""
+    if current_champion(client, name) is None:
+        return
+    champion_classes = logged_class_names(f"models:/{name}@{CHAMPION}")
+    if not same_classes(champion_classes, classes):
+        raise ValueError(
+            f"registered model {name!r} holds a champion for classes "
+            f"{list(champion_classes)}, not this data's {list(classes)}: pass model_name "
+            "to register these models elsewhere, or promote=false"
+        )
 
 
 def decide(client, name: str, candidate: RunResult, cache_dir: str) -> Promotion:

@@ -9,6 +9,7 @@ FINISHED or FAILED, never left RUNNING.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -35,9 +36,37 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+SERVER_URL_FILE = "mlflow_url"
+"""Written by ``make up`` in the services folder: the URL of the MLflow server it started."""
+
+
+def running_server() -> str | None:
+    """The MLflow server ``make up`` started, when it answers: a client of this checkout
+    then talks to it over HTTP (the only way it resolves the server's ``mlflow-artifacts:``
+    locations) without anyone exporting MLFLOW_TRACKING_URI."""
+    services = os.environ.get("COMPARE_HEADS_SERVICES_DIR") or repo_root() / ".services"
+    path = Path(services) / SERVER_URL_FILE
+    try:
+        return _answering(str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _answering(path: str, mtime_ns: int) -> str | None:
+    """The URL in ``path`` if its server answers /health (asked once per file version)."""
+    try:
+        url = Path(path).read_text().strip()
+        with urllib.request.urlopen(url + "/health", timeout=2) as response:
+            return url if response.status == 200 else None
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
 def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else the SQLite store under the repo's ``mlflow/``."""
-    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    """``$MLFLOW_TRACKING_URI`` if set, else the server ``make up`` started if it answers,
+    else the SQLite store under the repo's ``mlflow/``."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI") or running_server()
     if configured:
         return configured
     home = repo_root() / "mlflow"

@@ -263,24 +263,23 @@ def test_cli_cams_draws_the_maps_of_a_logged_gap_model(flow_result, tmp_path):
     run = child_runs(client, summary.experiment_id, summary.parent_run_id)[("gap", 1)]
     out = tmp_path / "cams.png"
     result = _cli(
-        "cams", run.data.tags["model_uri"], "--source", str(archive), "--image-size", "40",
+        "cams", run.data.tags["model_uri"], "--source", str(archive),
         "--per-class", "2", "--out", str(out), env={"MLFLOW_TRACKING_URI": summary.tracking_uri},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.stat().st_size > 10_000 and "2 of each class: Cat, Dog" in result.stdout
 
 
-def test_parent_run_names_its_output_folder_for_run_sh(flow_result):
-    """scripts/run.sh finds the plots through the parent run's tag, not a log line."""
+def test_parent_run_names_its_output_folder_for_make_run(flow_result):
+    """scripts/run.py (make run) finds the plots through the parent run's tag, not a log line."""
+    import importlib.util
+
     summary, client, _ = flow_result
     parent = client.get_run(summary.parent_run_id)
     assert parent.data.tags["compare_heads.output_dir"] == summary.output_dir
     flow_run_id = parent.data.tags["prefect.flow_run_id"]
-    script = Path(__file__).resolve().parents[2] / "scripts" / "output_dir.py"
-    done = subprocess.run(
-        [sys.executable, str(script), flow_run_id, summary.experiment_id],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "MLFLOW_TRACKING_URI": summary.tracking_uri},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == summary.output_dir
+    path = Path(__file__).resolve().parents[2] / "scripts" / "run.py"
+    spec = importlib.util.spec_from_file_location("run_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.output_folder(client, flow_run_id) == summary.output_dir

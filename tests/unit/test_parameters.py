@@ -49,3 +49,18 @@ def test_prefect_yaml_parameters_are_runconfig_defaults():
 def test_every_field_says_what_it_is():
     for name, field in RunConfig.model_fields.items():
         assert field.description, name
+
+
+def test_deployments_target_the_pool_the_worker_polls(monkeypatch):
+    """prefect.yaml takes the pool from COMPARE_HEADS_WORK_POOL, as `prefect deploy` fills
+    it in (what services.sh exports, the same variable its worker polls)."""
+    from prefect.utilities.templating import apply_values
+
+    monkeypatch.setenv("COMPARE_HEADS_WORK_POOL", "team-pool")
+    document = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    for deployment in document["deployments"]:
+        filled = apply_values(deployment, {}, False)
+        assert filled["work_pool"]["name"] == "team-pool", deployment["name"]
+    services = (REPO / "scripts" / "services.sh").read_text()
+    assert 'WORK_POOL="${COMPARE_HEADS_WORK_POOL:-compare-heads-pool}"' in services
+    assert 'COMPARE_HEADS_WORK_POOL="$WORK_POOL" "$VENV_BIN/prefect" --no-prompt deploy' in services
