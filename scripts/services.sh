@@ -133,6 +133,38 @@ live_pid() {
     printf '%s' "$pid"
 }
 
+# What a service is started with, recorded beside its pid: `up` never silently keeps a
+# service that runs with other settings (auth turned on, another database or interface).
+settings_file() { printf '%s/%s.settings' "$SERVICES_DIR" "$1"; }
+service_settings() {
+    local database
+    # The database's kind and host, never its password.
+    database="$(printf '%s' "$DATABASE" | sed -E 's#//[^@/]*@#//#')"
+    case "$1" in
+        mlflow) printf 'bind %s, port %s, auth %s, database %s' "$BIND_HOST" "$MLFLOW_PORT" \
+            "$MLFLOW_AUTH" "$database" ;;
+        prefect) printf 'bind %s, port %s, auth %s, database %s' "$BIND_HOST" "$PREFECT_PORT" \
+            "$PREFECT_AUTH" "$database" ;;
+        worker) printf 'pool %s, limit %s' "$WORK_POOL" "$WORKER_LIMIT" ;;
+    esac
+}
+
+# True (and said) when the service runs, answers, and was started with today's settings; a
+# running service with other settings is refused, naming both.
+already_up() {
+    local name="$1" where="$2" pid recorded wanted
+    pid="$(live_pid "$name")" && healthy "$name" || return 1
+    wanted="$(service_settings "$name")"
+    recorded="$(cat "$(settings_file "$name")" 2>/dev/null || true)"
+    if [[ "$recorded" != "$wanted" ]]; then
+        fail "$name is running (pid $pid) with other settings (${recorded:-not recorded});" \
+            "asked for: $wanted. Run 'make down' and then 'make up' to restart it with them."
+    fi
+    log "$(printf '%-8s' "$name") already up   $where (pid $pid)"
+}
+
+record_settings() { service_settings "$1" >"$(settings_file "$1")"; }
+
 healthy() {
     case "$1" in
         mlflow) curl -fsS --max-time 3 "$MLFLOW_URL/health" >/dev/null 2>&1 ;;
@@ -350,10 +382,7 @@ check_database_setting() {
 }
 
 start_mlflow() {
-    if live_pid mlflow >/dev/null && healthy mlflow; then
-        log "mlflow   already up   $MLFLOW_URL (pid $(live_pid mlflow))"
-        return
-    fi
+    already_up mlflow "$MLFLOW_URL" && return
     if port_in_use "$MLFLOW_PORT"; then
         fail "port $MLFLOW_PORT is taken by a process these scripts did not start;" \
             "stop it or choose another port with MLFLOW_PORT=..."
@@ -388,14 +417,12 @@ start_mlflow() {
             --host "$BIND_HOST" --port "$MLFLOW_PORT" --workers 2 \
             --artifacts-destination "$MLFLOW_DIR/artifacts" "${auth_args[@]}"
     wait_healthy mlflow "$MLFLOW_URL/health"
+    record_settings mlflow
     log "mlflow   started      $MLFLOW_URL (pid $(live_pid mlflow), log $(log_file mlflow))"
 }
 
 start_prefect() {
-    if live_pid prefect >/dev/null && healthy prefect; then
-        log "prefect  already up   $PREFECT_UI_URL (pid $(live_pid prefect))"
-        return
-    fi
+    already_up prefect "$PREFECT_UI_URL" && return
     if port_in_use "$PREFECT_PORT"; then
         fail "port $PREFECT_PORT is taken by a process these scripts did not start;" \
             "stop it or choose another port with PREFECT_PORT=..."
@@ -417,6 +444,7 @@ start_prefect() {
             --host "$BIND_HOST" --port "$PREFECT_PORT"
     )
     wait_healthy prefect "$PREFECT_API/health"
+    record_settings prefect
     log "prefect  started      $PREFECT_UI_URL (pid $(live_pid prefect), log $(log_file prefect))"
 }
 
@@ -430,10 +458,7 @@ ensure_work_pool() {
 }
 
 start_worker() {
-    if live_pid worker >/dev/null; then
-        log "worker   already up   pool $WORK_POOL (pid $(live_pid worker))"
-        return
-    fi
+    already_up worker "pool $WORK_POOL" && return
     local log offset deadline=$((SECONDS + 60))
     log="$(log_file worker)"
     offset="$(stat -c %s "$log" 2>/dev/null || echo 0)"
@@ -456,6 +481,7 @@ start_worker() {
         fi
         sleep 1
     done
+    record_settings worker
     log "worker   started      pool $WORK_POOL (pid $(live_pid worker), log $(log_file worker))"
 }
 
@@ -512,7 +538,7 @@ stop_service() {
     done
     # shellcheck disable=SC2086
     kill -KILL -- "-$pid" $pids 2>/dev/null || true
-    rm -f "$(pid_file "$name")"
+    rm -f "$(pid_file "$name")" "$(settings_file "$name")"
     log "$(printf '%-8s' "$name") stopped (pid $pid)"
 }
 

@@ -7,6 +7,7 @@ adds a second (challenger) run.
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -146,8 +147,13 @@ def test_first_run_crowns_a_champion(services: Services, completed_first_run):
 
 
 def test_predict_cli_labels_a_photo(services: Services, completed_first_run, pet_images):
+    """As a user right after `make up`: nothing exported, the CLI finds the server."""
     photo = pet_images / "PetImages" / "Cat" / "0.jpg"
-    completed = services.run(VENV_BIN / "compare-heads", "predict", photo, timeout=300)
+    environment = {k: v for k, v in services.env.items() if k != "MLFLOW_TRACKING_URI"}
+    completed = subprocess.run(
+        [str(VENV_BIN / "compare-heads"), "predict", str(photo)], cwd=REPO_ROOT,
+        env=environment, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stdout + completed.stderr
     line = next(
         (text for text in completed.stdout.splitlines() if photo.name in text),
@@ -213,3 +219,21 @@ def test_bad_parameters_fail_the_deployment_run_before_any_work(services: Servic
             assert not client.search_runs(
                 [experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
             ), f"{name}: an MLflow run was created before the parameters were checked"
+
+
+def test_make_up_keeps_a_running_service_only_with_the_same_settings(services: Services):
+    """`up` again: everything already up. `up` with authentication turned on: refused,
+    naming the difference, and the running servers are left as they were."""
+    again = services.run(SERVICES_SCRIPT, "up", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("already up") == 3, again.stdout
+    with_auth = subprocess.run(
+        [str(SERVICES_SCRIPT), "up"], cwd=REPO_ROOT, capture_output=True, text=True,
+        env={**services.env, "COMPARE_HEADS_PREFECT_AUTH": "1",
+             "PREFECT_API_AUTH_STRING": "user:secret"},
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert with_auth.returncode != 0
+    assert "prefect is running" in with_auth.stderr and "auth 1" in with_auth.stderr
+    assert "make down" in with_auth.stderr
+    assert services.prefect("work-pool", "ls").returncode == 0  # still up, still open
