@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from gap_models import records
 from gap_models.architecture import HEADS
 from gap_models.plots import _finish, _mean_with_band
 from gap_models.verdicts import Analysis
@@ -68,7 +69,7 @@ def plot_curves(analysis: Analysis) -> Figure:
     figure = Figure(figsize=(8, 5), layout="constrained")
     axes = figure.add_subplot()
     for index, (name, arm) in enumerate(analysis.evidence.arms.items()):
-        series = [np.asarray(r.history["val_accuracy"]) for r in arm.results]
+        series = [np.asarray(r.history[records.VAL_ACCURACY]) for r in arm.results]
         length = min(len(s) for s in series)
         values = np.array([s[:length] for s in series])
         _mean_with_band(

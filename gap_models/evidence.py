@@ -17,7 +17,7 @@ from gap_models.evaluation import EPSILON
 from gap_models.records import RunResult
 from gap_models.robustness import directions_of
 
-SPLITS = ("validation", "test", records.TRAIN_SUBSET_SPLIT)
+SPLITS = (records.SELECTION_SPLIT, records.REPORT_SPLIT, records.TRAIN_SUBSET_SPLIT)
 
 
 def per_photo(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,12 +13,12 @@ from itertools import combinations
 
 import numpy as np
 
-from gap_models import statistics
+from gap_models import records, statistics
 from gap_models.evidence import Evidence
 from gap_models.records import TRAIN_SUBSET_SPLIT
 
 SUPPORTED, NOT_SUPPORTED, NOT_SHOWN = "supported", "contradicted", "not shown"
-VALIDATION, TEST = "validation", "test"
+VALIDATION, TEST = records.SELECTION_SPLIT, records.REPORT_SPLIT
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def _steady_speed(arm) -> tuple[float, float, float]:
 def _epochs_to(arm, target: float) -> list[int | None]:
     out = []
     for result in arm.results:
-        reached = [i for i, v in enumerate(result.history["val_accuracy"], 1) if v >= target]
+        reached = [i for i, v in enumerate(result.history[records.VAL_ACCURACY], 1) if v >= target]
         out.append(reached[0] if reached else None)
     return out
 

@@ -181,8 +181,8 @@ def test_plots_and_tables_written_locally(flow_result):
     assert table[0].startswith("head,seeds,trainable_params,final_val_accuracy,test_accuracy")
     assert [line.split(",")[0] for line in table[1:]] == list(HEAD_NAMES)
     report = (out / "report.md").read_text()
-    assert "paired t-test over seeds" in report
-    assert "| fc - gap | 2 |" in report
+    assert "two-level bootstrap (seeds, then photos" in report
+    assert "| fc - gap | 2 x " in report and "Holm" in report
     for claim in ("removes most trainable parameters", "overfits less", "robust to translation"):
         assert claim in report
 

@@ -66,6 +66,7 @@ def test_finished_heads_of_a_live_concurrent_run_are_not_adopted(tracking_uri):
         tags={"mlflow.parentRunId": parent, recovery.RUN_KEY_TAG: "key-1"},
     ).info.run_id
     client.log_metric(child, "test_accuracy", 0.8)
+    client.log_metric(child, "final_val_accuracy", 0.81)  # scored: adoptable
     tracking.finish_run(client, child)
 
     def find(active: bool):
