@@ -7,11 +7,12 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, get_args, get_origin
 
 import typer
+from pydantic import ValidationError
 
-from gap_models.config import RunConfig
+from gap_models.config import RunConfig, parameter_errors
 
 app = typer.Typer(
     help="Train and compare CNN classifier heads on Cats vs Dogs, or your own photos.",
@@ -29,7 +30,11 @@ def _option(name: str, *flags: str) -> typer.models.OptionInfo:
     field = FIELDS[name]
     default = field.get_default(call_default_factory=True)
     shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
-    return typer.Option(*flags, help=field.description, show_default=shown)
+    # Choices shown in --help; checked with every other value by RunConfig, so one call
+    # reports all its bad values at once.
+    choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
+    metavar = "[" + "|".join(choices) + "]" if choices else None
+    return typer.Option(*flags, help=field.description, show_default=shown, metavar=metavar)
 
 
 @app.command()
@@ -54,12 +59,12 @@ def run(
     """Run the compare-heads flow in this process (same parameters as the deployment).
     Parameters are validated before anything starts: a bad one exits 2 within seconds."""
     parameters = dict(locals())
+    if split is not None:  # "80,10,10"; RunConfig says what is wrong with any part
+        parameters["split"] = [part.strip() for part in split.split(",")]
     try:
-        if split is not None:
-            parameters["split"] = [int(part) for part in split.split(",")]
         config = RunConfig.from_parameters(**parameters)
-    except ValueError as error:  # pydantic's ValidationError is a ValueError
-        typer.echo(f"Invalid parameters:\n{error}", err=True)
+    except ValidationError as error:
+        typer.echo("Invalid parameters:\n" + "\n".join(parameter_errors(error)), err=True)
         raise typer.Exit(2) from None
     # An in-process run starts a temporary Prefect server unless PREFECT_API_URL names one
     # (`make up`'s); on a busy machine it can take far longer than Prefect's 20 s default.

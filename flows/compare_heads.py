@@ -6,21 +6,21 @@ Every parameter's default and allowed values live in ``gap_models.config.RunConf
 parameter left at None takes that default.
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
+import textwrap
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.train_models import train_models_on
 from gap_models import records
-from gap_models.config import RunConfig
+from gap_models.config import RunConfig, flow_parameter_types, parameters_docstring
 from gap_models.hardware import hardware_params, resolve_precision
 from gap_models.provenance import code_version
 from tasks.compare import compare_runs
@@ -72,27 +72,31 @@ def output_dir_for(run_name: str) -> Path:
     return Path(base).expanduser().resolve() / f"{stamp}-{run_name}"
 
 
-@flow(name="compare-heads", log_prints=True, validate_parameters=True)
+P = SimpleNamespace(**flow_parameter_types())
+"""Each parameter's type and constraints, RunConfig's: Prefect's schema (the UI's choices and
+limits, the server's check of a deployment run) comes from these."""
+
+
 def compare_heads(
-    source: str | None = None,
-    image_size: int | None = None,
-    batch_size: int | None = None,
-    epochs: int | None = None,
-    heads: list[str] | None = None,
-    seeds: list[int] | None = None,
-    learning_rate: float | None = None,
-    split: list[int] | None = None,
-    max_images: int | None = None,
-    promote: bool | None = None,
-    recipe: str | None = None,
-    precision: str | None = None,
-    batch_norm: str | None = None,
-    model_name: str | None = None,
-    workers: int | None = None,
-    threads_per_worker: int | None = None,
+    source: P.source = None,
+    image_size: P.image_size = None,
+    batch_size: P.batch_size = None,
+    epochs: P.epochs = None,
+    heads: P.heads = None,
+    seeds: P.seeds = None,
+    learning_rate: P.learning_rate = None,
+    split: P.split = None,
+    max_images: P.max_images = None,
+    promote: P.promote = None,
+    recipe: P.recipe = None,
+    precision: P.precision = None,
+    batch_norm: P.batch_norm = None,
+    model_name: P.model_name = None,
+    workers: P.workers = None,
+    threads_per_worker: P.threads_per_worker = None,
 ) -> ComparisonResult:
     """Train and fairly compare CNN classifier heads on labelled photos, Cats vs Dogs by
-    default (parameters: RunConfig)."""
+    default (parameters: RunConfig; None takes its default)."""
     requested = RunConfig.from_parameters(**locals())
     precision = resolve_precision(requested.precision)  # once per run, logged as resolved
     config = requested.resolved()
@@ -127,6 +131,10 @@ def compare_heads(
         result.output_dir,
     )
     return result
+
+
+compare_heads.__doc__ += "\n\n" + textwrap.indent(parameters_docstring(), "    ")
+compare_heads = flow(name="compare-heads", log_prints=True, validate_parameters=True)(compare_heads)
 
 
 def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, output_dir: Path):

@@ -8,11 +8,18 @@ Allowed values are the ``Literal`` types below; the modules that use them import
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from gap_models.architecture import HEAD_NAMES, min_image_size
+from gap_models.architecture import HEAD_NAMES, HeadName, min_image_size
 from gap_models.hardware import resolve_precision
 
 TFDS_PREFIX = "tfds:"
@@ -43,7 +50,7 @@ class RunConfig(BaseModel):
     image_size: int = Field(100, ge=1, le=512, description="Side the photos are resized to")
     batch_size: int = Field(64, ge=1, le=4096, description="Training batch size")
     epochs: int = Field(7, ge=1, le=1000, description="Training epochs (the article: 7)")
-    heads: list[str] = Field(
+    heads: list[HeadName] = Field(
         default_factory=lambda: ["fc", "fc_dropout", "gap"],
         min_length=1,
         description=f"Classifier heads to train, of {list(HEAD_NAMES)}",
@@ -128,9 +135,11 @@ class RunConfig(BaseModel):
             )
         return value
 
-    @field_validator("heads")
+    @field_validator("heads", mode="before")
     @classmethod
     def _check_heads(cls, value: list[str]) -> list[str]:
+        if not isinstance(value, list):
+            return value  # pydantic says what type it wants
         unknown = [head for head in value if head not in HEAD_NAMES]
         if unknown:
             raise ValueError(f"heads: unknown {unknown}; allowed are {list(HEAD_NAMES)}")
@@ -192,3 +201,35 @@ class RunConfig(BaseModel):
         the hardware computes fast): resolved once per run, then passed down and logged, so
         every model of a run trains with the same arithmetic wherever it is placed."""
         return self.model_copy(update={"precision": resolve_precision(self.precision).value})
+
+
+def flow_parameter_types() -> dict[str, object]:
+    """Each field as the flow declares its parameter: the field's type or None (None = the
+    default), with its constraints, so Prefect's parameter schema (the run form's choices and
+    limits, the server's check of a deployment run's parameters) is RunConfig's own."""
+    types = {}
+    for name, field in RunConfig.model_fields.items():
+        optional = field.annotation | None
+        types[name] = Annotated[optional, *field.metadata] if field.metadata else optional
+    return types
+
+
+def parameters_docstring() -> str:
+    """An ``Args:`` section of every field's description: what Prefect shows beside each
+    parameter in the UI's run form."""
+    lines = ["Args:"]
+    for name, field in RunConfig.model_fields.items():
+        lines.append(f"    {name}: {field.description}")
+    return "\n".join(lines)
+
+
+def parameter_errors(error: ValidationError) -> list[str]:
+    """Each bad value of a ``RunConfig`` as one line, ``parameter: what is wrong`` (what is
+    allowed is in the message), without pydantic's links."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        where = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        named = not where or message.startswith(where.split(".")[0])
+        lines.append(message if named else f"{where}: {message}")
+    return lines

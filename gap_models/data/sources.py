@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import urllib.parse
+import urllib.request
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -214,15 +215,29 @@ def _iter_tfds(source: str) -> Iterator[SourceFile]:
         yield SourceFile(name, int(example["label"]), bytes(example["image"]))
 
 
+def proxied(host: tuple[str, int]) -> tuple[tuple[str, int], str]:
+    """Where a connection to ``host`` really goes: the HTTPS proxy of the environment unless
+    ``NO_PROXY`` exempts the host; with a few words saying so for messages."""
+    proxy = urllib.request.getproxies().get("https")
+    if not proxy or urllib.request.proxy_bypass(host[0]):
+        return host, ""
+    parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    address = (parsed.hostname or "", parsed.port or 8080)
+    return address, f" through the proxy {parsed.hostname}:{address[1]} (HTTPS_PROXY)"
+
+
 def check_network(
     host: tuple[str, int] = TFDS_HOST, timeout: float = NETWORK_TIMEOUT_SECONDS
 ) -> None:
-    """Fail within ``timeout`` seconds (DNS included) when the download host is unreachable."""
+    """Fail within ``timeout`` seconds (DNS included) when the download host is unreachable:
+    directly, or through the HTTPS proxy the environment names (``HTTPS_PROXY``, honoured as
+    tensorflow-datasets' own downloads honour it, ``NO_PROXY`` included)."""
     outcome: list[BaseException | None] = []
+    target, through = proxied(host)
 
     def probe() -> None:
         try:
-            socket.create_connection(host, timeout=timeout).close()
+            socket.create_connection(target, timeout=timeout).close()
             outcome.append(None)
         except OSError as error:
             outcome.append(error)
@@ -233,7 +248,8 @@ def check_network(
     if not outcome or outcome[0] is not None:
         reason = outcome[0] if outcome else f"no answer within {timeout:.0f} s"
         raise OfflineError(
-            f"cannot reach {host[0]} to download {DEFAULT_SOURCE} ({reason}). Without network, "
+            f"cannot reach {host[0]}{through} to download {DEFAULT_SOURCE} ({reason}). "
+            "Without network, "
             "set the `source` parameter to a local copy of the photos: a .zip archive or folder "
             "of class folders (PetImages/{Cat,Dog}/*.jpg), e.g. "
             "source=../shared/data/kagglecatsanddogs_180px.zip"

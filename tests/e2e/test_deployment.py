@@ -190,13 +190,33 @@ def test_weaker_challenger_keeps_the_champion(services: Services, completed_firs
     assert challenger.version != champion_before.version
 
 
-BAD_PARAMETERS = [
-    ({"heads": ["gap", "mlp"]}, "heads", "allowed are ['fc', 'fc_dropout', 'gap', 'avgpool']"),
-    ({"epochs": 0}, "epochs", "greater than or equal to 1"),
+REFUSED_BY_THE_SERVER = [  # the flow's parameter schema, RunConfig's types and limits
+    (
+        {"heads": ["gap", "mlp"]},
+        "heads[1]",
+        "'mlp' is not one of ['fc', 'fc_dropout', 'gap', 'avgpool']",
+    ),
+    ({"epochs": 0}, "epochs", "0 is less than the minimum of 1"),
+    ({"recipe": "fast"}, "recipe", "'fast' is not one of ['faithful', 'improved']"),
+]
+BAD_PARAMETERS = [  # what a schema cannot say: RunConfig refuses it as the run starts
     ({"split": [50, 50, 0]}, "split", "three positive percentages"),
     ({"source": "s3://bucket/pets.zip"}, "source", "unknown scheme 's3'"),
     ({"image_size": 16}, "image_size", "the smallest each can process"),
 ]
+
+
+def test_the_server_refuses_parameters_outside_the_schema(services: Services, pet_images):
+    """No flow run is even created: the deployment's schema (RunConfig's types, choices and
+    limits) is enforced by the Prefect server, and the answer names field and rule."""
+    for bad, field, reason in REFUSED_BY_THE_SERVER:
+        completed = services.prefect(
+            "deployment", "run", ON_DEMAND, "--params",
+            json.dumps({"source": str(pet_images), **bad}),
+        )  # fmt: skip
+        output = " ".join((completed.stdout + completed.stderr).split())
+        assert completed.returncode != 0, output
+        assert f"Validation failed for field '{field}'" in output and reason in output, output
 
 
 def test_bad_parameters_fail_the_deployment_run_before_any_work(services: Services, pet_images):

@@ -341,3 +341,17 @@ def test_pet_images_is_one_image_folder_instance(tmp_path):
     assert data.class_names(str(source)) == ("Cat", "Dog")  # cat = 0, dog = 1
     assert data.class_names(str(source / "PetImages")) == ("Cat", "Dog")
     assert data.class_names("tfds:cats_vs_dogs") == ("cat", "dog")
+
+
+def test_the_offline_probe_goes_through_the_https_proxy_unless_no_proxy_exempts(monkeypatch):
+    """Behind a proxy the download host is reached through it: that is what is probed."""
+    from gap_models.data.sources import TFDS_HOST, proxied
+
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert proxied(TFDS_HOST) == (TFDS_HOST, "")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    target, words = proxied(TFDS_HOST)
+    assert target == ("proxy.example", 3128) and "HTTPS_PROXY" in words
+    monkeypatch.setenv("NO_PROXY", TFDS_HOST[0])
+    assert proxied(TFDS_HOST) == (TFDS_HOST, "")

@@ -64,3 +64,42 @@ def test_deployments_target_the_pool_the_worker_polls(monkeypatch):
     services = (REPO / "scripts" / "services.sh").read_text()
     assert 'WORK_POOL="${COMPARE_HEADS_WORK_POOL:-compare-heads-pool}"' in services
     assert 'COMPARE_HEADS_WORK_POOL="$WORK_POOL" "$VENV_BIN/prefect" --no-prompt deploy' in services
+
+
+def test_the_cli_reports_every_bad_value_naming_its_parameter_and_shows_choices():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(
+        app, ["run", "--split", "80,10,x", "--epochs", "0", "--recipe", "fast", "--head", "mlp"]
+    )
+    assert result.exit_code == 2
+    lines = result.output.splitlines()
+    assert "epochs: Input should be greater than or equal to 1" in lines
+    assert "heads: unknown ['mlp']; allowed are ['fc', 'fc_dropout', 'gap', 'avgpool']" in lines
+    assert any(line.startswith("split.2: Input should be a valid integer") for line in lines)
+    assert "recipe: Input should be 'faithful' or 'improved'" in lines
+    assert "errors.pydantic.dev" not in result.output
+    help_text = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["run", "--help"]).output
+    assert "[faithful|improved]" in help_text and "[auto|mixed_bfloat16|float32]" in help_text
+
+
+def test_the_flow_schema_offers_runconfig_choices_limits_and_help():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.compare_heads import compare_heads
+
+    properties = parameter_schema(compare_heads.fn).model_dump()["properties"]
+    assert list(properties) == FIELDS
+    for name, field in RunConfig.model_fields.items():
+        assert properties[name]["description"] == field.description, name
+    recipe = properties["recipe"]["anyOf"][0]
+    assert recipe["enum"] == ["faithful", "improved"]
+    assert properties["heads"]["anyOf"][0]["items"]["enum"] == [
+        "fc",
+        "fc_dropout",
+        "gap",
+        "avgpool",
+    ]
+    assert properties["epochs"]["anyOf"][0]["minimum"] == 1
