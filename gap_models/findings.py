@@ -6,6 +6,7 @@ bootstrap seeds), so a committed section can be checked against a fresh renderin
 from __future__ import annotations
 
 from gap_models.claims import claims
+from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
 from gap_models.verdicts import Analysis, points, verdict
 
 NOTE = (
@@ -110,7 +111,7 @@ def verdict_line(analysis: Analysis) -> str:
         sign = 1 if d.arm_a == best.arm else -1
         call = verdict(d, sign > 0)
         parts.append(f"{other} by {points(sign * d.difference)} points ({call})")
-    against = "; ".join(parts) if parts else "no other arm to compare"
+    against = "; ".join(parts) if parts else "no pairwise test in this plan"
     return (
         f"Highest mean test accuracy: **{best.arm}**, {_interval(best.test)} %. "
         f"Against the others (Holm-adjusted): {against}."
@@ -119,10 +120,17 @@ def verdict_line(analysis: Analysis) -> str:
 
 def analysis_markdown(analysis: Analysis, heading: str = "##") -> str:
     """Every table of the analysis, each under its heading."""
+    few = [s.arm for s in analysis.arms if s.seeds < MIN_SEEDS_FOR_INTERVAL]
+    caveat = (
+        f" Arms with fewer than {MIN_SEEDS_FOR_INTERVAL} seeds ({', '.join(few)}): their "
+        "intervals hardly see seed-to-seed variation, so read them as photo sampling only."
+        if few
+        else ""
+    )
     sections = [
         verdict_line(analysis),
         "",
-        NOTE,
+        NOTE + caveat,
         "",
         f"{heading} Accuracy of each arm",
         "",
