@@ -84,18 +84,22 @@ def _same_cpu(machine: dict[str, str]) -> bool:
     )
 
 
-def seconds_per_image_epoch(root: Path, study: Study) -> float | None:
+def seconds_per_image_epoch(root: Path, study: Study, precision: str | None = None) -> float | None:
     """Median wall seconds per training image and epoch of this study's records trained on a
-    CPU like this one (same model and flags), the whole cell included (None: none yet)."""
-    rates = []
+    CPU like this one (same model and flags), the whole cell included; of the cells in the
+    same precision when there are any (bfloat16 and float32 differ by up to 3.5x). None:
+    no such record yet."""
+    rates: dict[str, list[float]] = {}
     for path in sorted(records_dir(root, study.name).glob("*.json")):
         if path.name.startswith("data-"):
             continue
         record = read_record(path)
         work = record.train_images * len(record.result.epoch_seconds)
         if _same_cpu(record.machine) and work:
-            rates.append(record.cell_seconds / work)
-    return statistics.median(rates) if rates else None
+            kind = record.settings.get("precision", "")
+            rates.setdefault(kind, []).append(record.cell_seconds / work)
+    chosen = rates.get(precision) or [rate for group in rates.values() for rate in group]
+    return statistics.median(chosen) if chosen else None
 
 
 def _train_images(root: Path, study: Study, data: str) -> int | None:
@@ -124,7 +128,8 @@ def status_lines(root: Path, name: str) -> tuple[list[str], list[CellState]]:
     for state in states:
         extra = ""
         if state.state != "done":
-            seconds = estimate_seconds(root, study, state, rate)
+            own = seconds_per_image_epoch(root, study, state.cell.settings.get("precision"))
+            seconds = estimate_seconds(root, study, state, own)
             remaining += seconds
             extra = f"  ~{seconds / 60:.0f} min"
         lines.append(f"  {state.state:8} {state.cell.arm} seed {state.cell.seed}{extra}")
@@ -192,7 +197,13 @@ def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
         },
         flops_per_image=int(float(tracked.params[records.FLOPS_PER_IMAGE])),
         train_images=_train_images(root, study, state.data) or 0,
-        cell_seconds=time.perf_counter() - started,
+        # An adopted run (trained by a killed attempt) took its own time, not this wait.
+        cell_seconds=(
+            tracked.metrics[records.TRAIN_SECONDS]
+            + tracked.metrics.get(records.EVALUATE_SECONDS, 0.0)
+            if result.trained[0].reused
+            else time.perf_counter() - started
+        ),
         extra_metrics={
             k: v
             for k, v in tracked.metrics.items()
@@ -223,7 +234,8 @@ def run_study(name: str, budget_minutes: float | None = None, root: Path | None 
             say(f"reused {state.cell.arm} seed {state.cell.seed} from {existing}")
             continue
         if deadline is not None:
-            needed = estimate_seconds(root, study, state, seconds_per_image_epoch(root, study))
+            own = seconds_per_image_epoch(root, study, state.cell.settings.get("precision"))
+            needed = estimate_seconds(root, study, state, own)
             left = deadline - time.monotonic()
             if needed > left:
                 say(

@@ -47,12 +47,16 @@ class Arm:
     correct: dict[str, list[np.ndarray]] = field(default_factory=dict)  # split -> per seed
     loss: dict[str, list[np.ndarray]] = field(default_factory=dict)
     shifts: dict[int, list[np.ndarray]] = field(default_factory=dict)  # pixels -> per seed, 0..1
+    scores: dict[str, list[np.ndarray]] = field(default_factory=dict)  # split -> stored predictions
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     def add(self, seed: int, result: RunResult, predictions, labels, shifts) -> None:
         self.seeds.append(seed)
         self.results.append(result)
         for split in SPLITS:
             if split in predictions:
+                self.scores.setdefault(split, []).append(np.asarray(predictions[split]))
+                self.labels[split] = np.asarray(labels[split])
                 right, loss = per_photo(predictions[split], labels[split])
                 self.correct.setdefault(split, []).append(right)
                 self.loss.setdefault(split, []).append(loss)

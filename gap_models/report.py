@@ -40,6 +40,7 @@ from gap_models.results import (
     summary_markdown,
 )
 from gap_models.robustness import class_activation_maps
+from gap_models.run_plots import plot_misclassified, plot_roc, plot_training_time, roc_points
 from gap_models.verdicts import Plan, analyse
 
 ModelLoader = Callable[[str], object]
@@ -80,9 +81,38 @@ def confusion_figure(model, cache_dir: str, title: str) -> Figure:
     return plot_confusion_matrix(matrix, cached_class_names(cache_dir), title)
 
 
+def evidence_figures(results: list[RunResult], rows: list[dict], evidence: Evidence,
+                     cache_dir: str) -> dict[str, Figure]:  # fmt: skip
+    """ROC curves (two classes) and the best model's surest mistakes, from the cells'
+    per-photo test predictions; training time per head."""
+    figures = {"training_time.png": plot_training_time(results)}
+    test = records.REPORT_SPLIT
+    chosen = {}
+    for head, arm in evidence.arms.items():
+        run = best_seed(results, head)
+        if run is not None and test in arm.scores:
+            chosen[head] = (arm.scores[test][arm.seeds.index(run.seed)], arm.labels[test], run)
+    if chosen and all(scores.ndim == 1 for scores, _, _ in chosen.values()):
+        curves = {head: roc_points(labels, scores) for head, (scores, labels, _) in chosen.items()}
+        figures["roc_curves.png"] = plot_roc(curves)
+    winner = best_head(rows)
+    if winner in chosen:
+        scores, labels, run = chosen[winner]
+        probabilities = class_probabilities(scores)
+        predicted = predicted_classes(probabilities)
+        confidence = probabilities[np.arange(len(predicted)), predicted]
+        images, _ = load_split(cache_dir, test)
+        figures["misclassified.png"] = plot_misclassified(
+            images, labels, predicted, confidence, evidence.class_names,
+            f"{winner} seed {run.seed}",
+        )  # fmt: skip
+    return figures
+
+
 def draw_figures(
-    results: list[RunResult], rows: list[dict], cache_dir: str, load_model: ModelLoader | None
-) -> tuple[dict[str, Figure], str | None]:
+    results: list[RunResult], rows: list[dict], evidence: Evidence, cache_dir: str,
+    load_model: ModelLoader | None,
+) -> tuple[dict[str, Figure], str | None]:  # fmt: skip
     """Every plot of the comparison by file name, and the model the CAM grid shows."""
     figures = {
         "accuracy_curves.png": plot_curves(results, records.ACCURACY),
@@ -90,6 +120,7 @@ def draw_figures(
         "test_accuracy_vs_params.png": plot_test_accuracy(rows),
         "generalization_gap.png": plot_generalization_gap(results),
         "translation_robustness.png": plot_translation(results),
+        **evidence_figures(results, rows, evidence, cache_dir),
     }
     if load_model is None:
         return figures, None
@@ -120,7 +151,7 @@ def write_report(
     (out / "plots").mkdir(parents=True, exist_ok=True)
     rows = summarize(results)
     started = time.perf_counter()
-    figures, cam_model = draw_figures(results, rows, cache_dir, load_model)
+    figures, cam_model = draw_figures(results, rows, evidence, cache_dir, load_model)
     plot_seconds = time.perf_counter() - started
     for name, figure in figures.items():
         figure.savefig(out / "plots" / name, dpi=110)

@@ -33,6 +33,9 @@ PLOTS = (
     "translation_robustness.png",
     "cam_grid.png",
     "confusion_matrix.png",
+    "training_time.png",
+    "roc_curves.png",
+    "misclassified.png",
 )
 PARAMS = dict(image_size=40, batch_size=16, epochs=EPOCHS, heads=list(HEAD_NAMES), seeds=SEEDS)
 

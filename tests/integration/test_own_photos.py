@@ -78,7 +78,8 @@ def test_ten_classes_train_with_softmax_and_per_class_metrics(digits_run):
 def test_confusion_matrix_dataset_and_own_registered_model(digits_run):
     result, client = digits_run
     plots = {item.path for item in client.list_artifacts(result.parent_run_id, "plots")}
-    assert {"plots/confusion_matrix.png", "plots/cam_grid.png"} <= plots
+    assert {"plots/confusion_matrix.png", "plots/cam_grid.png", "plots/misclassified.png"} <= plots
+    assert "plots/roc_curves.png" not in plots  # ten classes: no single ROC curve
     # The data, as an MLflow dataset input: name, fingerprint, and split sizes by class.
     (dataset_input,) = client.get_run(result.parent_run_id).inputs.dataset_inputs
     dataset = dataset_input.dataset

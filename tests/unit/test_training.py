@@ -224,3 +224,14 @@ def test_multi_class_metrics_known_values():
     np.testing.assert_array_equal(
         confusion_matrix(labels, probabilities), [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
     )
+
+
+def test_roc_points_match_the_rank_auc_and_end_at_the_corners():
+    from gap_models.run_plots import roc_points
+
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.4, 0.9])
+    fpr, tpr, auc = roc_points(labels, scores)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auc) == pytest.approx(roc_auc(labels, scores))
