@@ -54,7 +54,9 @@ status:
 deploy: up
 
 run: venv
-	scripts/services.sh up && scripts/services.sh deploy && \
+	scripts/services.sh up && \
+		COMPARE_HEADS_SOURCE="$${COMPARE_HEADS_SOURCE:-$$($(BIN)/python -c 'import json, os; print(json.loads(os.environ.get("PARAMS") or "{}").get("source", ""))')}" \
+		scripts/services.sh deploy && \
 		eval "$$(scripts/services.sh env)" && $(BIN)/python scripts/run.py
 
 # MODEL, ALIAS (champion) and SERVE_PORT (5002) are read from the environment or make's

@@ -582,7 +582,10 @@ cmd_deploy() {
     # Every deployment in prefect.yaml, created or updated in place (idempotent). Run from
     # the repository root: the build step there records it as the flow runs' working dir.
     # prefect.yaml names the work pool through this variable: the pool the worker polls.
-    (cd "$ROOT" && COMPARE_HEADS_WORK_POOL="$WORK_POOL" "$VENV_BIN/prefect" --no-prompt deploy --all) \
+    # The scheduled deployment retrains on COMPARE_HEADS_SOURCE (default: tfds).
+    (cd "$ROOT" && COMPARE_HEADS_WORK_POOL="$WORK_POOL" \
+        COMPARE_HEADS_SOURCE="${COMPARE_HEADS_SOURCE:-tfds:cats_vs_dogs}" \
+        "$VENV_BIN/prefect" --no-prompt deploy --all) \
         || fail "prefect deploy failed (see the output above)"
 }
 

@@ -39,11 +39,26 @@ def test_cli_run_options_are_runconfig_fields_with_its_help_and_defaults():
         assert option.show_default == shown, name
 
 
-def test_prefect_yaml_parameters_are_runconfig_defaults():
+def test_prefect_yaml_parameters_are_runconfig_defaults(monkeypatch):
+    """As services.sh deploys them (COMPARE_HEADS_SOURCE unset: its default); the scheduled
+    deployment retrains on the source it was deployed with."""
+    from prefect.utilities.templating import apply_values
+
     document = yaml.safe_load((REPO / "prefect.yaml").read_text())
     defaults = RunConfig().model_dump()
+    monkeypatch.setenv("COMPARE_HEADS_SOURCE", defaults["source"])
     for deployment in document["deployments"]:
-        assert deployment["parameters"] == defaults, deployment["name"]
+        parameters = apply_values(deployment["parameters"], {}, False)
+        expected = {**defaults, "promote": True} if "scheduled" in deployment["name"] else defaults
+        assert parameters == expected, deployment["name"]
+    monkeypatch.setenv("COMPARE_HEADS_SOURCE", "../shared/data/photos.zip")
+    on_demand, scheduled = (
+        apply_values(d["parameters"], {}, False) for d in document["deployments"]
+    )
+    assert scheduled["source"] == "../shared/data/photos.zip"
+    assert on_demand["source"] == defaults["source"]
+    services = (REPO / "scripts" / "services.sh").read_text()
+    assert 'COMPARE_HEADS_SOURCE="${COMPARE_HEADS_SOURCE:-tfds:cats_vs_dogs}"' in services
 
 
 def test_every_field_says_what_it_is():
@@ -63,7 +78,7 @@ def test_deployments_target_the_pool_the_worker_polls(monkeypatch):
         assert filled["work_pool"]["name"] == "team-pool", deployment["name"]
     services = (REPO / "scripts" / "services.sh").read_text()
     assert 'WORK_POOL="${COMPARE_HEADS_WORK_POOL:-compare-heads-pool}"' in services
-    assert 'COMPARE_HEADS_WORK_POOL="$WORK_POOL" "$VENV_BIN/prefect" --no-prompt deploy' in services
+    assert 'COMPARE_HEADS_WORK_POOL="$WORK_POOL" \\' in services
 
 
 def test_the_cli_reports_every_bad_value_naming_its_parameter_and_shows_choices():
