@@ -54,7 +54,7 @@ def download(source: str) -> str:
     """Download tfds:cats_vs_dogs (unless prepared) or check a local source's layout."""
     logger = run_logger()
     logger.info("Checking source %s", source)
-    return data.download(source)
+    return data.download(source, progress=logger.info)
 
 
 @task(name="preprocess", cache_policy=NONE)

@@ -13,15 +13,17 @@ an ``OfflineError`` raised within seconds: neither is worth a retry.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 import threading
+import time
 import urllib.parse
 import urllib.request
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,19 +258,62 @@ def check_network(
         )
 
 
-def download(source: str) -> str:
+TFDS_ARCHIVE_MB = 786
+"""The cats_vs_dogs archive's size, what download progress is measured against."""
+PROGRESS_SECONDS = 15.0
+
+
+def _folder_mb(folder: Path) -> float:
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:  # a temporary file renamed away meanwhile
+            continue
+    return total / 1e6
+
+
+@contextlib.contextmanager
+def _reporting(folder: Path, say: Callable[[str], None]):
+    """While the block runs, every ``PROGRESS_SECONDS``: how much ``folder`` holds."""
+    done = threading.Event()
+    every = PROGRESS_SECONDS
+
+    def report() -> None:
+        while not done.wait(every):
+            say(f"tfds: {_folder_mb(folder):.0f} MB on disk (the archive is ~{TFDS_ARCHIVE_MB} MB, "
+                "then about as much again prepared)")  # fmt: skip
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=1)
+
+
+def download(source: str, progress: Callable[[str], None] | None = None) -> str:
     """Make the source available locally and return it. For tfds, download and prepare
-    the dataset in the configured data folder unless it is already prepared there; for
-    paths, check the layout."""
+    the dataset in the configured data folder unless it is already prepared there, telling
+    ``progress`` what happens (and every 15 s how far it is); for paths, check the layout."""
     if not source.startswith(TFDS_PREFIX):
         list_source(source)
         return source
     import tensorflow_datasets as tfds
 
+    say = progress or (lambda message: None)
     builder = tfds_builder(source)
     if not builder.is_prepared():
         check_network(_tfds_download_host())
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(**TFDS_DOWNLOAD_CONFIG)
+        folder = Path(builder.data_dir).parents[1]  # <data dir>/<name>/<version>
+        say(f"tfds: downloading and preparing {source} into {folder}")
+        started = time.perf_counter()
+        with _reporting(folder, say):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(**TFDS_DOWNLOAD_CONFIG)
+            )
+        say(
+            f"tfds: prepared in {time.perf_counter() - started:.0f} s ({_folder_mb(folder):.0f} MB)"
         )
     return source

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,29 @@ def test_default_source_downloads_prepares_and_trains_offline(
     second = compare_heads(source="tfds:cats_vs_dogs", **params)
     assert second.timing["preprocess_cache_hit"] == 1.0
     assert second.cache_dir == first.cache_dir
+
+
+def test_the_download_says_where_it_is(local_download, monkeypatch):
+    """A 786 MB download reports in the flow's log, not only in a worker's terminal."""
+    monkeypatch.setattr(sources, "PROGRESS_SECONDS", 0.05)
+    messages: list[str] = []
+    real = sources.tfds_builder
+
+    def slow_builder(source):  # runs until a progress line came, however fast the disk
+        builder = real(source)
+        prepare = builder.download_and_prepare
+
+        def download_and_prepare(**kwargs):
+            deadline = time.monotonic() + 120  # the reporter's first line, on any machine
+            while not any("MB on disk" in m for m in messages) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return prepare(**kwargs)
+
+        builder.download_and_prepare = download_and_prepare
+        return builder
+
+    monkeypatch.setattr(sources, "tfds_builder", slow_builder)
+    assert sources.download("tfds:cats_vs_dogs", progress=messages.append) == "tfds:cats_vs_dogs"
+    assert messages[0].startswith("tfds: downloading and preparing tfds:cats_vs_dogs into")
+    assert any("MB on disk (the archive is ~786 MB" in line for line in messages[1:-1]), messages
+    assert messages[-1].startswith("tfds: prepared in")
