@@ -242,61 +242,10 @@ class RunResult:
         )
 
 
-# --- a run's configuration as parameters, and a cell's identity -----------------------------
+# --- a run's configuration as parameters (a cell's: gap_models.identity) --------------------
 CPU_MODEL = "cpu_model"
 CPU_FLAGS = "cpu_flags"
 GPUS = "gpus"
-TRAINING_FIELDS: tuple[str, ...] = (
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "image_size",
-    "recipe",
-    "precision",
-    "batch_norm",
-)
-"""The ``RunConfig`` fields that change what training one (head, seed) produces, beyond the
-data (precision as resolved for the run)."""
-
-
-def training_settings(config) -> dict[str, object]:
-    """The ``TRAINING_FIELDS`` of a resolved ``RunConfig``."""
-    return config.model_dump(include=set(TRAINING_FIELDS))
-
-
-def cell_identity(config, head: str, seed: int, data: str, code_version: str) -> dict[str, object]:
-    """What makes one trained model what it is: the data (the preprocessed cache's name:
-    source fingerprint and preprocessing settings), head, seed, training settings and the
-    code version. Two cells with equal identities train the same model."""
-    return {
-        "data": data,
-        HEAD: head,
-        SEED: seed,
-        **training_settings(config),
-        CODE_VERSION: code_version,
-    }
-
-
-def cell_key(identity: dict[str, object]) -> str:
-    """24 hex digits naming a cell's identity (the tag by which a finished model is found)."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def cell_params(
-    config, head: str, seed: int, trainable_params: int, code_version: str
-) -> dict[str, object]:
-    """A child run's parameters: head, seed, the training settings, the model's size and
-    the code version."""
-    return {
-        HEAD: head,
-        SEED: seed,
-        **training_settings(config),
-        TRAINABLE_PARAMS: trainable_params,
-        CODE_VERSION: code_version,
-    }
 
 
 def run_params(

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gap_models import records
+from gap_models import identity
 from gap_models.config import RunConfig
 
 STUDIES_DIR = "studies"
@@ -144,8 +144,8 @@ class Cell:
         )
 
     def key(self, data: str, code_version: str) -> str:
-        identity = records.cell_identity(self.config(), self.head, self.seed, data, code_version)
-        return records.cell_key(identity)
+        cell = identity.cell_identity(self.config(), self.head, self.seed, data, code_version)
+        return identity.cell_key(cell)
 
 
 def studies_dir(root: Path) -> Path:

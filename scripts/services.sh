@@ -52,6 +52,17 @@
 #
 # Binding beyond 127.0.0.1 (COMPARE_HEADS_BIND_HOST) is refused unless both MLflow and
 # Prefect authentication are on.
+# Why this is bash and not a tool's (evaluated 2026-12-02 against what the e2e drills need):
+#   - `prefect server start --background` (Prefect 3.9) pipes the server's output into a pipe
+#     nobody reads once the CLI exits (no log file; a full or closed pipe breaks its logging),
+#     trusts a pid file it never checks (after a crash `start` refuses until it is deleted),
+#     and covers one of our three services.
+#   - supervisord would own pid files and restarts, but not what most of this file does:
+#     health waits, refusing changed settings, auth files, PostgreSQL's initdb/pg_ctl and the
+#     databases, prefect.toml, the work pool; and `stopasgroup` misses flow runs, which the
+#     process worker starts in sessions of their own (stop_service collects them).
+#   The MLflow and Prefect calls that a tool does better (run a deployment, read runs) are
+#   Python: scripts/run.py.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

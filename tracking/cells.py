@@ -13,7 +13,7 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from gap_models import records
+from gap_models import identity, records
 from gap_models.config import RunConfig
 from gap_models.data import cached_class_names, read_manifest
 from gap_models.evaluation import score_cell
@@ -55,10 +55,10 @@ class CellJob:
 
     def key(self) -> str:
         """The cell's key: what a finished run must match to be adopted."""
-        identity = records.cell_identity(
+        cell = identity.cell_identity(
             self.config, self.head, self.seed, Path(self.cache_dir).name, code_version()
         )
-        return records.cell_key(identity)
+        return identity.cell_key(cell)
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
     with closing_run(mlflow_client, run_id, finish_on_success=False):
         model = build_training_model(job.head, job.seed, job.config, num_classes=len(classes))
         params = trainable_params(model)
-        cell = records.cell_params(job.config, job.head, job.seed, params, code_version())
+        cell = identity.cell_params(job.config, job.head, job.seed, params, code_version())
         cell[records.FLOPS_PER_IMAGE] = flops_per_image(model)
         log_params(mlflow_client, run_id, {**cell, **hardware_params()})
         log_metrics(mlflow_client, run_id, {records.SKIPPED_IMAGES: job.skipped_images})

@@ -29,6 +29,12 @@ from gap_models.data.cache import (
     read_manifest,
 )
 from gap_models.data.decoding import MAX_DECODE_PIXELS, ImageDecodeError, decode_image
+from gap_models.data.network import (
+    NETWORK_TIMEOUT_SECONDS,
+    TFDS_HOST,
+    OfflineError,
+    check_network,
+)
 from gap_models.data.pipeline import make_dataset
 from gap_models.data.selection import (
     SPLIT_NAMES,
@@ -38,14 +44,10 @@ from gap_models.data.selection import (
     hash_order,
 )
 from gap_models.data.sources import (
-    NETWORK_TIMEOUT_SECONDS,
     TFDS_CLASS_NAMES,
-    TFDS_HOST,
     DataError,
-    OfflineError,
     SourceFile,
     SourceLayout,
-    check_network,
     class_names,
     download,
     fingerprint_source,

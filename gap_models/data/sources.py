@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 import threading
 import time
 import urllib.parse
@@ -27,22 +26,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gap_models.config import DEFAULT_SOURCE, TFDS_PREFIX
+from gap_models.config import TFDS_PREFIX
+from gap_models.data.network import TFDS_HOST, check_network
 
 TFDS_CLASS_NAMES: tuple[str, ...] = ("cat", "dog")
 """tensorflow-datasets' cats_vs_dogs labels: 0 = cat, 1 = dog."""
 IGNORED_PARTS = ("__MACOSX",)
 """Folders that archivers add and that are never classes (hidden folders are skipped too)."""
-TFDS_HOST = ("download.microsoft.com", 443)
-NETWORK_TIMEOUT_SECONDS = 10.0
 
 
 class DataError(ValueError):
     """The source cannot be used (wrong layout, too few images): raised before training."""
-
-
-class OfflineError(ConnectionError):
-    """The download host is unreachable: permanent for this run, so not worth retrying."""
 
 
 @dataclass(frozen=True)
@@ -215,47 +209,6 @@ def _iter_tfds(source: str) -> Iterator[SourceFile]:
     for index, example in enumerate(tfds.as_numpy(dataset)):
         name = example.get("image/filename", b"").decode() or f"tfds/{index}"
         yield SourceFile(name, int(example["label"]), bytes(example["image"]))
-
-
-def proxied(host: tuple[str, int]) -> tuple[tuple[str, int], str]:
-    """Where a connection to ``host`` really goes: the HTTPS proxy of the environment unless
-    ``NO_PROXY`` exempts the host; with a few words saying so for messages."""
-    proxy = urllib.request.getproxies().get("https")
-    if not proxy or urllib.request.proxy_bypass(host[0]):
-        return host, ""
-    parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    address = (parsed.hostname or "", parsed.port or 8080)
-    return address, f" through the proxy {parsed.hostname}:{address[1]} (HTTPS_PROXY)"
-
-
-def check_network(
-    host: tuple[str, int] = TFDS_HOST, timeout: float = NETWORK_TIMEOUT_SECONDS
-) -> None:
-    """Fail within ``timeout`` seconds (DNS included) when the download host is unreachable:
-    directly, or through the HTTPS proxy the environment names (``HTTPS_PROXY``, honoured as
-    tensorflow-datasets' own downloads honour it, ``NO_PROXY`` included)."""
-    outcome: list[BaseException | None] = []
-    target, through = proxied(host)
-
-    def probe() -> None:
-        try:
-            socket.create_connection(target, timeout=timeout).close()
-            outcome.append(None)
-        except OSError as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome or outcome[0] is not None:
-        reason = outcome[0] if outcome else f"no answer within {timeout:.0f} s"
-        raise OfflineError(
-            f"cannot reach {host[0]}{through} to download {DEFAULT_SOURCE} ({reason}). "
-            "Without network, "
-            "set the `source` parameter to a local copy of the photos: a .zip archive or folder "
-            "of class folders (PetImages/{Cat,Dog}/*.jpg), e.g. "
-            "source=../shared/data/kagglecatsanddogs_180px.zip"
-        )
 
 
 TFDS_ARCHIVE_MB = 786

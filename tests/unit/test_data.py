@@ -231,7 +231,7 @@ def test_network_probe_gives_up_at_its_timeout_when_the_connection_hangs(monkeyp
         release.wait()
         raise OSError("released by the test")
 
-    monkeypatch.setattr(data.sources.socket, "create_connection", hang)
+    monkeypatch.setattr(data.network.socket, "create_connection", hang)
     try:
         with pytest.raises(data.OfflineError, match="no answer within"):
             data.check_network(("192.0.2.1", 443), timeout=0.05)
@@ -345,7 +345,7 @@ def test_pet_images_is_one_image_folder_instance(tmp_path):
 
 def test_the_offline_probe_goes_through_the_https_proxy_unless_no_proxy_exempts(monkeypatch):
     """Behind a proxy the download host is reached through it: that is what is probed."""
-    from gap_models.data.sources import TFDS_HOST, proxied
+    from gap_models.data.network import TFDS_HOST, proxied
 
     for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gap_models import records
+from gap_models import identity, records
 from gap_models.architecture import HEAD_NAMES, HEADS
 from gap_models.records import RunResult
 
@@ -144,8 +144,8 @@ def test_a_cell_key_changes_with_the_code_version_and_nothing_else_alike():
     from gap_models.config import RunConfig
 
     config = RunConfig(source="tfds:cats_vs_dogs", precision="float32")
-    key = lambda code, seed=0: records.cell_key(  # noqa: E731
-        records.cell_identity(config, "gap", seed, "cache-1", code)
+    key = lambda code, seed=0: identity.cell_key(  # noqa: E731
+        identity.cell_identity(config, "gap", seed, "cache-1", code)
     )
     assert key("aaaa") == key("aaaa")
     assert key("aaaa") != key("bbbb")
