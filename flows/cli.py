@@ -53,6 +53,8 @@ def run(
     precision: Annotated[str | None, _option("precision")] = None,
     batch_norm: Annotated[str | None, _option("batch_norm")] = None,
     model_name: Annotated[str | None, _option("model_name")] = None,
+    force: Annotated[bool | None, _option("force", "--force/--no-force")] = None,
+    max_age_days: Annotated[float | None, _option("max_age_days")] = None,
     workers: Annotated[int | None, _option("workers")] = None,
     threads_per_worker: Annotated[int | None, _option("threads_per_worker")] = None,
 ) -> None:
@@ -73,10 +75,44 @@ def run(
 
     result = compare_heads(**config.model_dump())
     typer.echo(result.markdown)
+    if not result.trained:
+        typer.echo(f"\nNothing trained: the plan decided {result.decision!r} (--force trains).")
     if result.promotion is not None:
         typer.echo(f"\nRegistry: {json.dumps(asdict(result.promotion))}")
     typer.echo(f"\nPlots and tables: {result.output_dir}")
     typer.echo(f"MLflow: {result.tracking_uri} (parent run {result.parent_run_id})")
+
+
+@app.command()
+def plan(
+    params: Annotated[
+        str, typer.Option(help="The run's parameters as JSON, as a deployment takes them")
+    ] = "{}",
+    source: Annotated[str | None, _option("source")] = None,
+    against: Annotated[Literal["champion"], typer.Option(help="What to plan against")] = "champion",
+) -> None:
+    """Say what a run with these parameters would train against the champion, and why,
+    without training: data, code and configuration compared, drift measured. Exit status:
+    0 skip, 10 evaluate (only the champion is scored again), 11 partial, 12 full."""
+    try:
+        given = json.loads(params)
+        config = RunConfig.from_parameters(**{**given, **({"source": source} if source else {})})
+    except (ValueError, ValidationError) as error:
+        lines = parameter_errors(error) if isinstance(error, ValidationError) else [str(error)]
+        typer.echo("Invalid parameters:\n" + "\n".join(lines), err=True)
+        raise typer.Exit(2) from None
+    from gap_models.data import download
+    from tracking import champion, runs
+
+    runs.check_tracking_server(runs.tracking_uri())
+    local = download(config.source, progress=lambda message: typer.echo(message, err=True))
+    decided, _ = champion.plan_against_champion(
+        config.resolved(), local, runs.client(), lambda message: typer.echo(message, err=True)
+    )
+    from gap_models.planning import render_what_changed
+
+    typer.echo(render_what_changed(decided))
+    raise typer.Exit(decided.exit_code)
 
 
 @app.command()

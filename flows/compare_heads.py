@@ -1,4 +1,4 @@
-"""The compare-heads flow: download, preprocess, train each head, evaluate, compare, promote.
+"""The compare-heads flow: download, plan, preprocess, train, evaluate, compare, promote.
 
 Run it in-process with keyword parameters (``compare_heads(source=..., epochs=1)``), through
 ``compare-heads run``, or as the deployment ``compare-heads/compare-heads`` on a worker.
@@ -19,15 +19,17 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.train_models import train_models_on
-from gap_models import records
+from gap_models import planning, records
 from gap_models.config import RunConfig, flow_parameter_types, parameters_docstring
 from gap_models.hardware import hardware_params, resolve_precision
+from gap_models.planning import render_what_changed
 from gap_models.provenance import code_version
 from tasks.compare import compare_runs
 from tasks.data import download, preprocess, record_data
+from tasks.plan import plan_retraining, rescore_champion
 from tasks.promote import promote_best
 from tracking import recovery, runs
-from tracking.cells import TrainedRun, peak_memory_mb
+from tracking.cells import TrainedRun, peak_memory_mb, reused_run
 from tracking.registry import Promotion, check_classes, registered_model_name
 
 
@@ -47,6 +49,7 @@ class ComparisonResult:
     markdown: str
     promotion: Promotion | None = None
     trained: list[TrainedRun] = field(default_factory=list)
+    decision: str = planning.FULL  # the retraining plan's (gap_models/planning.py)
     timing: dict[str, float] = field(default_factory=dict)
 
 
@@ -92,6 +95,8 @@ def compare_heads(
     precision: P.precision = None,
     batch_norm: P.batch_norm = None,
     model_name: P.model_name = None,
+    force: P.force = None,
+    max_age_days: P.max_age_days = None,
     workers: P.workers = None,
     threads_per_worker: P.threads_per_worker = None,
 ) -> ComparisonResult:
@@ -124,11 +129,13 @@ def compare_heads(
         runs.log_metrics(client, parent_id, result.timing)
         client.set_tag(parent_id, records.NOTE_TAG, result.markdown)
     logger.info(
-        "Done in %.1f s (tasks' own compute %.1f s, peak memory %.0f MB). Plots and tables: %s",
+        "Done in %.1f s (tasks' own compute %.1f s, peak memory %.0f MB). %s",
         result.timing[records.FLOW_SECONDS],
         result.timing[records.COMPUTE_SECONDS],
         result.timing[records.PEAK_MEMORY_MB],
-        result.output_dir,
+        f"Plots and tables: {result.output_dir}"
+        if result.output_dir
+        else f"Nothing trained (plan: {result.decision}; what_changed.md on the parent run)",
     )
     return result
 
@@ -138,23 +145,35 @@ compare_heads = flow(name="compare-heads", log_prints=True, validate_parameters=
 
 
 def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, output_dir: Path):
-    """The recipe: download, preprocess, train and evaluate each (seed, head), compare,
+    """The recipe: download, plan, preprocess, train and evaluate what the plan says, compare,
     promote. Returns the result with per-phase seconds in ``timing``."""
     phases = PhaseClock()
     with phases("download"):
         local_source = download(config.source)
+    with phases("plan"):
+        plan = plan_retraining(config, local_source, parent_id)
+    if plan.decision == planning.SKIP:
+        return _without_training(plan, parent_id, experiment_id, phases)
     with phases("preprocess"):
         prepared = preprocess(local_source, config.image_size, config.split, config.max_images)
     record_data(prepared, parent_id)
     if config.promote:  # a champion of other classes: refused now, not after training
         check_classes(client, registered_model_name(config, prepared.class_names),
                       prepared.class_names)  # fmt: skip
+    if plan.decision == planning.EVALUATE:
+        with phases("evaluate_champion"):
+            name = registered_model_name(config, prepared.class_names)
+            decayed = rescore_champion(plan, name, prepared.cache_dir, parent_id)
+        if not decayed:
+            return _without_training(plan, parent_id, experiment_id, phases, prepared)
     compute = prepared.seconds  # the tasks' own work, without orchestration or tracking
     with phases("train_evaluate"):
         outcomes = train_models_on(
-            config, prepared.cache_dir, experiment_id, parent_id, prepared.skipped_images
-        )
+            config, prepared.cache_dir, experiment_id, parent_id, prepared.skipped_images,
+            cells=plan.to_train,
+        )  # fmt: skip
     trained_runs = [outcome.trained for outcome in outcomes]
+    trained_runs += [reused_run(client, run_id) for run_id in plan.reused.values()]
     compute += sum(
         outcome.trained.compute_seconds + outcome.scores.get(records.EVALUATE_SECONDS, 0.0)
         for outcome in outcomes
@@ -167,7 +186,9 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
     if config.promote:
         with phases("promote"):
             name = registered_model_name(config, prepared.class_names)
-            promotion = promote_best(results, report.best_head, prepared.cache_dir, parent_id, name)
+            promotion = promote_best(
+                results, report.best_head, prepared.cache_dir, parent_id, name, plan.reasons
+            )
     return ComparisonResult(
         parent_run_id=parent_id,
         experiment_id=experiment_id,
@@ -181,10 +202,33 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
         markdown=markdown,
         promotion=promotion,
         trained=trained_runs,
+        decision=plan.decision,
         timing={
             records.COMPUTE_SECONDS: compute + report.plot_seconds,
             records.PREPROCESS_CACHE_HIT: float(prepared.cache_hit),
             records.PREPROCESS_COMPUTE_SECONDS: prepared.seconds,
+            **{records.PHASE_SECONDS_PREFIX + name: s for name, s in phases.seconds.items()},
+        },
+    )
+
+
+def _without_training(plan, parent_id: str, experiment_id: str, phases, prepared=None):
+    """The result of a run whose plan trains nothing (skip, or evaluate with a champion that
+    held up): the plan's what_changed.md is its summary."""
+    return ComparisonResult(
+        parent_run_id=parent_id,
+        experiment_id=experiment_id,
+        tracking_uri="",
+        cache_dir=prepared.cache_dir if prepared else "",
+        images_used=prepared.images_used if prepared else 0,
+        skipped_images=prepared.skipped_images if prepared else 0,
+        output_dir="",
+        best_head="",
+        rows=[],
+        markdown=render_what_changed(plan),
+        decision=plan.decision,
+        timing={
+            records.COMPUTE_SECONDS: 0.0,
             **{records.PHASE_SECONDS_PREFIX + name: s for name, s in phases.seconds.items()},
         },
     )

@@ -20,29 +20,38 @@ from tracking.cells import CellJob
 
 
 def train_models_on(
-    config: RunConfig, cache_dir: str, experiment_id: str, parent_id: str, skipped_images: int
+    config: RunConfig,
+    cache_dir: str,
+    experiment_id: str,
+    parent_id: str,
+    skipped_images: int,
+    cells: list[tuple[str, int]] | None = None,
 ) -> list[CellOutcome]:
-    """Train and score every (seed, head) where ``config`` places them (flows/runners.py)."""
+    """Train and score the (head, seed) ``cells`` (default: every one of ``config``) where
+    ``config`` places them (flows/runners.py)."""
+    cells = [(h, s) for s in config.seeds for h in config.heads] if cells is None else cells
     with get_client(sync_client=True) as prefect_client:
         api_url = str(prefect_client.api_url)
     where = runners.placement(config, api_url, runs.tracking_uri())
-    get_run_logger().info(
-        "Training %d models %s", len(config.seeds) * len(config.heads), where.description
-    )
+    get_run_logger().info("Training %d models %s", len(cells), where.description)
     return train_models.with_options(task_runner=where.runner)(
-        cache_dir, config, experiment_id, parent_id, skipped_images
+        cache_dir, config, experiment_id, parent_id, skipped_images, cells
     )
 
 
 @flow(name="train-models", log_prints=True)
 def train_models(
-    cache_dir: str, config: RunConfig, experiment_id: str, parent_id: str, skipped_images: int
+    cache_dir: str,
+    config: RunConfig,
+    experiment_id: str,
+    parent_id: str,
+    skipped_images: int,
+    cells: list[tuple[str, int]],
 ) -> list[CellOutcome]:
-    """Every (seed, head) as its own task on this flow's task runner; results in submission
+    """Every (head, seed) cell as its own task on this flow's task runner; results in submission
     order. Each result is fetched and released as soon as its task ends, so a worker that
     dies later holds nothing Dask would compute again. Afterwards no child run is left
     RUNNING (an attempt on a lost worker is closed FAILED)."""
-    cells = [(seed, head) for seed in config.seeds for head in config.heads]
     submitted = [
         train_and_evaluate.submit(
             CellJob(
@@ -56,7 +65,7 @@ def train_models(
                 position=(index, len(cells)),
             )
         )
-        for index, (seed, head) in enumerate(cells, start=1)
+        for index, (head, seed) in enumerate(cells, start=1)
     ]
     outcomes: dict[int, CellOutcome] = {}
     order = {id(future): index for index, future in enumerate(submitted)}

@@ -98,6 +98,17 @@ class RunConfig(BaseModel):
         description="Registered model of the champion (None: cats-vs-dogs for Cats vs Dogs "
         "data, else the source's file or folder name)",
     )
+    # The retraining plan (gap_models/planning.py): a run trains only what changed since
+    # the champion was trained, unless forced; a champion older than max_age_days is stale.
+    force: bool = Field(
+        False, description="Train every model even when the plan finds nothing changed"
+    )
+    max_age_days: float | None = Field(
+        None,
+        gt=0,
+        description="Retrain when the champion is older than this many days (None: never "
+        "for age alone)",
+    )
     # Execution only: where models train changes how fast, never what they learn.
     workers: int = Field(
         0,

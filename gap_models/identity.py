@@ -61,3 +61,17 @@ def cell_params(
         TRAINABLE_PARAMS: trainable_params,
         CODE_VERSION: code_version,
     }
+
+
+def config_digest(config, head: str, seed: int) -> str:
+    """24 hex digits naming what a cell is asked to train, without the data and the code
+    (the retraining plan compares those on their own): head, seed, training settings and
+    the preprocessing settings that pick and shape its photos."""
+    settings = {
+        HEAD: head,
+        SEED: seed,
+        **training_settings(config),
+        "split": list(config.split),
+        "max_images": config.max_images,
+    }
+    return cell_key(settings)

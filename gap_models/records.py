@@ -264,3 +264,20 @@ def run_params(
 def hardware_params(cpu_model: str, cpu_flags: str, gpus: str) -> dict[str, str]:
     """What a run logs about the machine, so runs on different CPUs can be told apart."""
     return {CPU_MODEL: cpu_model, CPU_FLAGS: cpu_flags, GPUS: gpus}
+
+
+# --- the retraining plan (gap_models.planning): parent-run tags, metrics, artifacts ---------
+RETRAIN_DECISION_TAG = "retrain_decision"
+RETRAIN_REASONS_TAG = "retrain_reasons"  # comma-separated reason codes, below
+DATA_DIGEST_TAG = "data_digest"
+CHAMPION_DATA_DIGEST_TAG = "champion_data_digest"
+CODE_DIGEST_TAG = "code_digest"
+CONFIG_DIGEST_TAG = "compare_heads.config_digest"  # a child run's cell without its data
+TRAINED_BECAUSE_TAG = "trained_because"  # on a registered model version: the plan's reasons
+PHOTOS_METRIC_PREFIX = "photos_"  # + added / removed / modified / relabelled
+DRIFT_MMD = "drift_mmd"
+DRIFT_P_VALUE = "drift_p_value"
+DRIFT_STATISTIC_PREFIX = "drift_change_"  # + brightness, red, ... (new minus reference)
+WHAT_CHANGED_ARTIFACT = "what_changed.md"
+MANIFEST_ARTIFACT = "data_manifest.tsv"
+REUSED_RUNS_TAG = "compare_heads.reused_runs"  # a partial run: the cells it did not retrain

@@ -46,10 +46,16 @@ def ensure_promotion_limit() -> None:
 
 @task(name="promote", cache_policy=NONE)
 def promote_best(
-    results: list[RunResult], best_head: str, cache_dir: str, parent_run_id: str, name: str
+    results: list[RunResult],
+    best_head: str,
+    cache_dir: str,
+    parent_run_id: str,
+    name: str,
+    reasons: list[str] | None = None,
 ) -> Promotion:
     """Register the best head's best seed (both chosen on validation) as challenger in
-    ``name``; promote it if it beats the champion on this run's validation split."""
+    ``name``, tagged with why it was trained; promote it if it beats the champion on this
+    run's validation split."""
     logger = run_logger()
     mlflow_client = client()
     candidate = best_seed(results, best_head)
@@ -58,7 +64,7 @@ def promote_best(
     with concurrency(
         PROMOTION_LIMIT, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS
     ):
-        promotion = registry.decide(mlflow_client, name, candidate, cache_dir)
+        promotion = registry.decide(mlflow_client, name, candidate, cache_dir, tuple(reasons or ()))
     registry.record(mlflow_client, parent_run_id, promotion)
     create_markdown_artifact(
         key="compare-heads-promotion",

@@ -83,19 +83,30 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reused_run(mlflow_client, run_id: str) -> TrainedRun:
+    """A finished, scored cell of an earlier flow run that a partial retraining keeps (it
+    stays under its own parent run)."""
+    run = mlflow_client.get_run(run_id)
+    return _trained_from(run)
+
+
+def _trained_from(run) -> TrainedRun:
+    return TrainedRun(
+        run.data.tags[records.HEAD],
+        int(run.data.tags[records.SEED]),
+        run.info.run_id,
+        run.data.tags[records.MODEL_URI_TAG],
+        int(run.data.params[records.TRAINABLE_PARAMS]),
+        reused=True,
+    )
+
+
 def _adopt(mlflow_client, job: CellJob, key: str, logger) -> TrainedRun | None:
     previous = recovery.adopt_finished_run(mlflow_client, job.experiment_id, key, job.parent_run_id)
     if previous is None:
         return None
     logger.info("%s: reusing finished run %s", job.label, previous.info.run_id)
-    return TrainedRun(
-        job.head,
-        job.seed,
-        previous.info.run_id,
-        previous.data.tags[records.MODEL_URI_TAG],
-        int(previous.data.params[records.TRAINABLE_PARAMS]),
-        reused=True,
-    )
+    return _trained_from(previous)
 
 
 def _open_child(mlflow_client, job: CellJob, key: str, logger) -> str:
@@ -108,7 +119,12 @@ def _open_child(mlflow_client, job: CellJob, key: str, logger) -> str:
         key,
     ):
         logger.warning("%s: run %s of a lost worker marked FAILED", job.label, lost)
-    tags = {records.HEAD: job.head, records.SEED: str(job.seed), records.RUN_KEY_TAG: key}
+    tags = {
+        records.HEAD: job.head,
+        records.SEED: str(job.seed),
+        records.RUN_KEY_TAG: key,
+        records.CONFIG_DIGEST_TAG: identity.config_digest(job.config, job.head, job.seed),
+    }
     return recovery.create_run(
         mlflow_client, job.experiment_id, f"{job.head}-seed{job.seed}", tags, job.parent_run_id
     )

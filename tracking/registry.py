@@ -75,10 +75,8 @@ def _register(client, name: str, candidate: RunResult):
     )
 
 
-def _champion_accuracy(client, name: str, champion, cache_dir: str) -> float | None:
-    """The champion's accuracy on this run's validation split (None: no champion yet)."""
-    if champion is None:
-        return None
+def champion_validation_accuracy(client, name: str, cache_dir: str) -> float:
+    """The current champion's accuracy on this run's validation split."""
     champion_uri = f"models:/{name}@{CHAMPION}"
     check_classes(client, name, cached_class_names(cache_dir))
     scores = score_on_validation(load_logged_model(champion_uri), cache_dir)
@@ -105,12 +103,17 @@ def check_classes(client, name: str, classes: tuple[str, ...]) -> None:
         )
 
 
-def decide(client, name: str, candidate: RunResult, cache_dir: str) -> Promotion:
+def decide(
+    client, name: str, candidate: RunResult, cache_dir: str, reasons: tuple[str, ...] = ()
+) -> Promotion:
     """Register the candidate, score the current champion on this run's validation split,
-    move the aliases; the version records both the validation and the test accuracy."""
+    move the aliases; the version records both the validation and the test accuracy, and
+    why it was trained (the retraining plan's reasons)."""
     challenger_accuracy = candidate.final_val_accuracy
     champion = current_champion(client, name)
-    champion_accuracy = _champion_accuracy(client, name, champion, cache_dir)
+    champion_accuracy = (
+        None if champion is None else champion_validation_accuracy(client, name, cache_dir)
+    )
     promote = champion_accuracy is None or challenger_accuracy > champion_accuracy
 
     version = _register(client, name, candidate)
@@ -120,6 +123,10 @@ def decide(client, name: str, candidate: RunResult, cache_dir: str) -> Promotion
             (records.TEST_ACCURACY, candidate.test_accuracy),
         ):
             client.set_model_version_tag(name, version.version, key, f"{value:.6f}")
+        if reasons:
+            client.set_model_version_tag(
+                name, version.version, records.TRAINED_BECAUSE_TAG, ",".join(reasons)
+            )
         client.set_registered_model_alias(name, CHALLENGER, version.version)
         if promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)

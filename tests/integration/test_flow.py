@@ -79,7 +79,7 @@ def test_parent_run_has_the_time_breakdown(flow_result):
     summary, client, _ = flow_result
     metrics = client.get_run(summary.parent_run_id).data.metrics
     phases = {name: metrics[f"phase_seconds_{name}"] for name in
-              ("download", "preprocess", "train_evaluate", "compare", "promote")}  # fmt: skip
+              ("download", "plan", "preprocess", "train_evaluate", "compare", "promote")}  # fmt: skip
     assert all(seconds >= 0 for seconds in phases.values())
     assert phases["train_evaluate"] > 0
     # The phases are parts of the flow, and the tasks' own compute is part of the phases.

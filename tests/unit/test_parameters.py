@@ -49,7 +49,8 @@ def test_prefect_yaml_parameters_are_runconfig_defaults(monkeypatch):
     monkeypatch.setenv("COMPARE_HEADS_SOURCE", defaults["source"])
     for deployment in document["deployments"]:
         parameters = apply_values(deployment["parameters"], {}, False)
-        expected = {**defaults, "promote": True} if "scheduled" in deployment["name"] else defaults
+        scheduled = {**defaults, "promote": True, "max_age_days": 28}  # retrains monthly at least
+        expected = scheduled if "scheduled" in deployment["name"] else defaults
         assert parameters == expected, deployment["name"]
     monkeypatch.setenv("COMPARE_HEADS_SOURCE", "../shared/data/photos.zip")
     on_demand, scheduled = (

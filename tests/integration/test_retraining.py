@@ -1,0 +1,111 @@
+"""Retraining that trains only what changed, and says what did: the flow's plan step against
+the champion, end to end in-process (skip, partial, full on new or relabelled photos), and
+`compare-heads plan`'s exit status."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from flows.compare_heads import compare_heads
+from tests.fixtures import child_runs, make_pet_images
+
+pytestmark = pytest.mark.integration
+
+PARAMS = dict(image_size=32, batch_size=16, epochs=1, heads=["gap"], seeds=[0],
+              precision="float32", model_name="pets-retraining")  # fmt: skip
+
+
+def parent_tags(client: MlflowClient, result) -> dict[str, str]:
+    return client.get_run(result.parent_run_id).data.tags
+
+
+def artifact_text(client: MlflowClient, result, name: str, tmp_path: Path) -> str:
+    return Path(client.download_artifacts(result.parent_run_id, name, str(tmp_path))).read_text()
+
+
+def test_unchanged_data_skips_a_new_head_trains_alone_new_photos_retrain(
+    tmp_path, tracking_uri, prefect_harness
+):
+    source = make_pet_images(tmp_path / "photos", per_class=40, size=32)
+    client = MlflowClient(tracking_uri)
+
+    first = compare_heads(source=str(source), **PARAMS)
+    tags = parent_tags(client, first)
+    assert (first.decision, tags["retrain_decision"], tags["retrain_reasons"]) == (
+        "full", "full", "no_champion")  # fmt: skip
+    assert first.promotion.decision == "promoted"
+    version = client.get_model_version("pets-retraining", first.promotion.version)
+    assert version.tags["trained_because"] == "no_champion"
+
+    second = compare_heads(source=str(source), **PARAMS)
+    tags = parent_tags(client, second)
+    assert (second.decision, second.trained) == ("skip", [])
+    assert (tags["retrain_decision"], tags["retrain_reasons"]) == ("skip", "unchanged")
+    assert tags["data_digest"] == tags["champion_data_digest"] != ""
+    assert not child_runs(client, second.experiment_id, second.parent_run_id)
+    assert "# What changed: skip" in artifact_text(client, second, "what_changed.md", tmp_path)
+
+    both = compare_heads(source=str(source), **{**PARAMS, "heads": ["gap", "fc"]})
+    assert both.decision == "partial"
+    assert [(run.head, run.reused) for run in both.trained] == [("fc", False), ("gap", True)]
+    assert list(child_runs(client, both.experiment_id, both.parent_run_id)) == [("fc", 0)]
+    assert {row["head"] for row in both.rows} == {"fc", "gap"}
+    assert parent_tags(client, both)["retrain_reasons"] == "config_changed"
+
+    extra = make_pet_images(tmp_path / "extra", per_class=25, size=32, seed=5) / "PetImages"
+    added = []
+    for folder in ("Cat", "Dog"):
+        for path in sorted((extra / folder).iterdir()):
+            added.append(f"PetImages/{folder}/new-{path.name}")
+            shutil.copy(path, source / "PetImages" / folder / f"new-{path.name}")
+    grown = compare_heads(source=str(source), **PARAMS)
+    tags = parent_tags(client, grown)
+    assert grown.decision == "full" and [run.head for run in grown.trained] == ["gap"]
+    assert tags["retrain_reasons"] == "data_changed,photos_added"
+    text = artifact_text(client, grown, "what_changed.md", tmp_path)
+    assert "| added | 50 |" in text
+    assert all(f"`{name}`" in text for name in added)
+    assert client.get_run(grown.parent_run_id).data.metrics["photos_added"] == 50
+    # Promoted or kept as challenger, the model of these photos exists: no second training.
+    again = compare_heads(source=str(source), **PARAMS)
+    assert again.decision == "skip" and not again.trained
+    expected = (
+        "unchanged" if grown.promotion.decision == "promoted" else "unchanged_since_challenger"
+    )
+    assert parent_tags(client, again)["retrain_reasons"] == expected
+
+    for index in range(5):
+        shutil.move(source / "PetImages" / "Dog" / f"{index}.jpg",
+                    source / "PetImages" / "Cat" / f"was-dog-{index}.jpg")  # fmt: skip
+    relabelled = compare_heads(source=str(source), **PARAMS)
+    assert "relabelled" in parent_tags(client, relabelled)["retrain_reasons"].split(",")
+    text = artifact_text(client, relabelled, "what_changed.md", tmp_path)
+    assert "| relabelled | 5 |" in text and "`PetImages/Cat/was-dog-4.jpg` (Cat, was Dog" in text
+
+
+def test_plan_command_exits_with_the_decision_and_code_changes_retrain_every_cell(
+    tmp_path, tracking_uri, prefect_harness, monkeypatch
+):
+    from flows.cli import app
+
+    source = make_pet_images(tmp_path / "photos", per_class=30, size=32)
+    compare_heads(source=str(source), **{**PARAMS, "model_name": "pets-plan"})
+    params = (
+        '{"image_size": 32, "batch_size": 16, "epochs": 1, "heads": ["gap"], "seeds": [0], '
+        '"precision": "float32", "model_name": "pets-plan"}'
+    )
+    runner = CliRunner()
+    same = runner.invoke(app, ["plan", "--source", str(source), "--params", params])
+    assert same.exit_code == 0, same.output
+    assert "# What changed: skip" in same.stdout
+    monkeypatch.setattr("tracking.champion.code_version", lambda: "other-code")
+    changed = runner.invoke(app, ["plan", "--source", str(source), "--params", params])
+    assert changed.exit_code == 12, changed.output
+    assert "code_changed" in changed.stdout and "To train: gap seed 0." in changed.stdout
+    bad = runner.invoke(app, ["plan", "--params", '{"epochs": 0, "recipe": "fast"}'])
+    assert bad.exit_code == 2 and "epochs" in bad.output and "recipe" in bad.output
