@@ -106,6 +106,8 @@ WORKER_TAG = "compare_heads.worker"
 REGISTERED_MODEL_TAG = "registered_model"
 PROMOTION_DECISION_TAG = "promotion_decision"
 REGISTERED_VERSION_TAG = "registered_version"
+PROMOTION_REASON_TAG = "promotion_reason"  # on the version and the parent run (gap_models.gate)
+MCNEMAR_P_VALUE = "mcnemar_p_value"  # the gate's paired test: a version tag, a parent metric
 
 # --- the summary table's columns (summary.csv) ---------------------------------------------
 SEEDS_COLUMN = "seeds"

@@ -4,6 +4,7 @@ around a trained Keras model of stock layers, and how it is loaded back.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from gap_models import records
-from tracking.runs import client, repo_root
+from tracking.runs import client, repo_root, tracking_uri
 
 IMAGE_MODEL_CODE = Path(__file__).with_name("image_classifier.py")
 """The pyfunc every model is logged as (MLflow "models from code")."""
@@ -114,3 +115,39 @@ def logged_split(model_uri: str) -> list[int]:
             if logged:
                 return list(ast.literal_eval(logged))
     return RunConfig.model_fields[records.SPLIT_PARAM].get_default(call_default_factory=True)
+
+
+SERVE_CHECK_SECONDS = 600
+_SERVE_CHECK = """
+import io, sys
+import numpy as np, pandas as pd, mlflow
+from PIL import Image
+model = mlflow.pyfunc.load_model(sys.argv[1])
+buffer = io.BytesIO()
+Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(buffer, "JPEG")
+table = model.predict(pd.DataFrame({"image": [buffer.getvalue()]}))
+assert list(table.columns[-2:]) == ["label", "probability"], list(table.columns)
+assert 0.0 <= float(table["probability"].iloc[0]) <= 1.0
+print("serves:", table["label"].iloc[0])
+"""
+
+
+def serving_problem(model_uri: str) -> str | None:
+    """Load the logged model with ``mlflow.pyfunc`` in a fresh Python process (nothing of
+    this one imported, as ``mlflow models serve`` loads it) and classify one photo; None when
+    that works, else what went wrong (the last lines of its output)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _SERVE_CHECK, model_uri], env=env, cwd=tempfile.gettempdir(),
+            capture_output=True, text=True, timeout=SERVE_CHECK_SECONDS,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"loading {model_uri} in a fresh process took over {SERVE_CHECK_SECONDS} s"
+    if done.returncode == 0:
+        return None
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+    return f"{model_uri} does not load and predict in a fresh process: {tail}"

@@ -2,8 +2,9 @@
 challenger decision, made on the current validation split (the test split only reports).
 
 The best cell of the best head becomes a new version with alias ``challenger``; it becomes
-``champion`` when there is none yet, or when it beats the current champion with both scored
-on the *same* current validation photos. Version and alias changes are undone together if
+``champion`` when there is none yet, or when it passes the gate against the current champion
+(``gap_models.gate``: better by a paired test on the *same* current validation photos, no
+class losing much recall), and in both cases loads and predicts in a fresh process. Version and alias changes are undone together if
 any step fails. Callers serialise decisions (the promote task holds a Prefect concurrency
 slot), so the champion always ends on the better model, never on whoever wrote last.
 """
@@ -20,10 +21,11 @@ from mlflow.exceptions import MlflowException
 
 from gap_models import records
 from gap_models.config import RunConfig
-from gap_models.data import cached_class_names
-from gap_models.evaluation import score_on_validation
+from gap_models.data import cached_class_names, load_split
+from gap_models.evaluation import predict_probabilities, score_on_validation
+from gap_models.gate import judge
 from gap_models.records import RunResult
-from tracking.logged_model import load_logged_model, logged_class_names
+from tracking.logged_model import load_logged_model, logged_class_names, serving_problem
 from tracking.runs import log_metrics
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -55,6 +57,8 @@ class Promotion:
     head: str
     run_id: str
     name: str = CATS_VS_DOGS_MODEL
+    reason: str = ""  # the gate's sentence (gap_models.gate)
+    p_value: float | None = None  # McNemar's, when there was a champion to test against
 
 
 def current_champion(client, name: str):
@@ -103,30 +107,54 @@ def check_classes(client, name: str, classes: tuple[str, ...]) -> None:
         )
 
 
+def _gate(client, name: str, candidate: RunResult, cache_dir: str, champion):
+    """(promote?, why, the champion's validation accuracy, McNemar's p): the gate of
+    ``gap_models.gate`` on this run's validation photos, then the fresh-process load check."""
+    champion_accuracy = p_value = None
+    reason = "no champion yet"
+    if champion is not None:
+        classes = cached_class_names(cache_dir)
+        check_classes(client, name, classes)
+        images, labels = load_split(cache_dir, records.SELECTION_SPLIT)
+        decision = judge(
+            labels,
+            predict_probabilities(load_logged_model(candidate.model_uri), images),
+            predict_probabilities(load_logged_model(f"models:/{name}@{CHAMPION}"), images),
+            classes,
+        )
+        champion_accuracy, p_value, reason = (
+            decision.champion_accuracy, decision.p_value, decision.reason
+        )  # fmt: skip
+        if not decision.promote:
+            return False, reason, champion_accuracy, p_value
+    problem = serving_problem(candidate.model_uri)
+    if problem is not None:
+        return False, problem, champion_accuracy, p_value
+    return True, reason + "; loads and predicts in a fresh process", champion_accuracy, p_value
+
+
 def decide(
     client, name: str, candidate: RunResult, cache_dir: str, reasons: tuple[str, ...] = ()
 ) -> Promotion:
-    """Register the candidate, score the current champion on this run's validation split,
-    move the aliases; the version records both the validation and the test accuracy, and
-    why it was trained (the retraining plan's reasons)."""
-    challenger_accuracy = candidate.final_val_accuracy
+    """Register the candidate as challenger and promote it if it passes the gate against the
+    current champion (``gap_models.gate``: both scored on this run's validation photos). The
+    version records its validation and test accuracy, why it was trained (the retraining
+    plan's reasons) and why it was promoted or kept (with the paired test's p-value)."""
     champion = current_champion(client, name)
-    champion_accuracy = (
-        None if champion is None else champion_validation_accuracy(client, name, cache_dir)
+    promote, reason, champion_accuracy, p_value = _gate(
+        client, name, candidate, cache_dir, champion
     )
-    promote = champion_accuracy is None or challenger_accuracy > champion_accuracy
-
     version = _register(client, name, candidate)
+    tags = {
+        records.SELECTION_METRIC: f"{candidate.final_val_accuracy:.6f}",
+        records.TEST_ACCURACY: f"{candidate.test_accuracy:.6f}",
+        records.PROMOTION_REASON_TAG: reason,
+        **({records.MCNEMAR_P_VALUE: f"{p_value:.6g}"} if p_value is not None else {}),
+        **({records.TRAINED_BECAUSE_TAG: ",".join(reasons)} if reasons else {}),
+    }
     try:
-        for key, value in (
-            (records.SELECTION_METRIC, challenger_accuracy),
-            (records.TEST_ACCURACY, candidate.test_accuracy),
-        ):
-            client.set_model_version_tag(name, version.version, key, f"{value:.6f}")
-        if reasons:
-            client.set_model_version_tag(
-                name, version.version, records.TRAINED_BECAUSE_TAG, ",".join(reasons)
-            )
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version.version, key, value)
         client.set_registered_model_alias(name, CHALLENGER, version.version)
         if promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)
@@ -137,13 +165,15 @@ def decide(
     return Promotion(
         decision="promoted" if promote else "kept",
         version=str(version.version),
-        challenger_val_accuracy=challenger_accuracy,
+        challenger_val_accuracy=candidate.final_val_accuracy,
         champion_val_accuracy=champion_accuracy,
         challenger_test_accuracy=candidate.test_accuracy,
         champion_version=str(champion.version) if champion is not None else None,
         head=candidate.head,
         run_id=candidate.run_id,
         name=name,
+        reason=reason,
+        p_value=p_value,
     )
 
 
@@ -179,10 +209,13 @@ def record(client, parent_run_id: str, promotion: Promotion) -> None:
     }
     if promotion.champion_val_accuracy is not None:
         metrics[records.CHAMPION_VAL_ACCURACY] = promotion.champion_val_accuracy
+    if promotion.p_value is not None:
+        metrics[records.MCNEMAR_P_VALUE] = promotion.p_value
     log_metrics(client, parent_run_id, metrics)
     client.set_tag(parent_run_id, records.REGISTERED_MODEL_TAG, promotion.name)
     client.set_tag(parent_run_id, records.PROMOTION_DECISION_TAG, promotion.decision)
     client.set_tag(parent_run_id, records.REGISTERED_VERSION_TAG, promotion.version)
+    client.set_tag(parent_run_id, records.PROMOTION_REASON_TAG, promotion.reason)
 
 
 def promotion_markdown(promotion: Promotion) -> str:
@@ -198,5 +231,5 @@ def promotion_markdown(promotion: Promotion) -> str:
         f"`{promotion.run_id}`), validation accuracy {promotion.challenger_val_accuracy:.4f} "
         f"(test accuracy {promotion.challenger_test_accuracy:.4f}, reported only). "
         f"Champion before: {before} on the same validation split.\n\n"
-        f"Decision: **{promotion.decision}**."
+        f"Decision: **{promotion.decision}**: {promotion.reason}."
     )

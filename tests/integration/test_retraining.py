@@ -109,3 +109,34 @@ def test_plan_command_exits_with_the_decision_and_code_changes_retrain_every_cel
     assert "code_changed" in changed.stdout and "To train: gap seed 0." in changed.stdout
     bad = runner.invoke(app, ["plan", "--params", '{"epochs": 0, "recipe": "fast"}'])
     assert bad.exit_code == 2 and "epochs" in bad.output and "recipe" in bad.output
+
+
+def test_a_worse_challenger_stays_challenger_with_the_reason_a_better_one_is_promoted(
+    tmp_path, tracking_uri, prefect_harness
+):
+    """An untrained-like model (learning rate 1e-6) becomes the first champion; a trained one
+    beats it by McNemar's test and is promoted with the p-value on its version; the weak one
+    trained again is kept out, its reason on its version, holding the challenger alias."""
+    source = make_pet_images(tmp_path / "photos", per_class=80, size=32)
+    client = MlflowClient(tracking_uri)
+    # 30 % validation photos: enough disagreements for the paired test to see a real gain.
+    params = {**PARAMS, "model_name": "pets-gate", "epochs": 2, "split": [60, 30, 10]}
+    weak = compare_heads(source=str(source), **{**params, "learning_rate": 1e-6})
+    assert weak.promotion.decision == "promoted"
+    first = client.get_model_version("pets-gate", weak.promotion.version)
+    assert first.tags["promotion_reason"].startswith("no champion yet; loads and predicts")
+
+    strong = compare_heads(source=str(source), **params)
+    assert strong.promotion.decision == "promoted", strong.promotion
+    version = client.get_model_version("pets-gate", strong.promotion.version)
+    assert float(version.tags["mcnemar_p_value"]) < 0.05
+    assert version.tags["promotion_reason"].startswith("better: +")
+    assert version.tags["trained_because"] == "config_changed"
+
+    again = compare_heads(source=str(source), **{**params, "learning_rate": 1e-6})
+    assert again.promotion.decision == "kept"
+    kept = client.get_model_version("pets-gate", again.promotion.version)
+    assert kept.tags["promotion_reason"].startswith("not shown better: -")
+    assert client.get_model_version_by_alias("pets-gate", "challenger").version == kept.version
+    assert client.get_model_version_by_alias("pets-gate", "champion").version == version.version
+    assert parent_tags(client, again)["promotion_reason"] == kept.tags["promotion_reason"]
