@@ -163,8 +163,8 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
     if plan.decision == planning.EVALUATE:
         with phases("evaluate_champion"):
             name = registered_model_name(config, prepared.class_names)
-            decayed = rescore_champion(plan, name, prepared.cache_dir, parent_id)
-        if not decayed:
+            plan = rescore_champion(plan, name, prepared.cache_dir, parent_id)
+        if plan.decision == planning.EVALUATE:  # not escalated: the champion held up
             return _without_training(plan, parent_id, experiment_id, phases, prepared)
     compute = prepared.seconds  # the tasks' own work, without orchestration or tracking
     with phases("train_evaluate"):

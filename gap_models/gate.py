@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest
 
+from gap_models import records
 from gap_models.probabilities import class_probabilities, predicted_classes
 
 MARGIN = 0.0
@@ -89,3 +90,33 @@ def judge(
         p_value=p_value,
         recall_change=recall_change,
     )
+
+
+def validation_inputs(cache_dir: str, sizes: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """This run's validation photos as each model needs them, one array per size in
+    ``sizes``, and their labels. A model trained at another image size than this run gets
+    the same photos decoded again from the source at its size (a cache of its own, built
+    once), as serving would decode them, never this run's pixels resized; only photos
+    present at every size are kept, in this run's order."""
+    from pathlib import Path
+
+    from gap_models.data import load_ids, load_split, preprocess, read_manifest
+
+    split = records.SELECTION_SPLIT
+    images, labels = load_split(cache_dir, split)
+    ids = load_ids(cache_dir, split)
+    manifest = read_manifest(Path(cache_dir))
+    by_size: dict[int, tuple[np.ndarray, np.ndarray]] = {int(images.shape[1]): (images, ids)}
+    for size in set(sizes) - set(by_size):
+        other = preprocess(manifest["source"], size, manifest["split"], manifest["max_images"])
+        by_size[size] = (load_split(other.cache_dir, split)[0], load_ids(other.cache_dir, split))
+    common = set(ids.tolist())
+    for _, other_ids in by_size.values():
+        common &= set(other_ids.tolist())
+    keep = np.array([value in common for value in ids.tolist()], dtype=bool)
+    arrays = []
+    for size in sizes:
+        size_images, size_ids = by_size[size]
+        position = {value: index for index, value in enumerate(size_ids.tolist())}
+        arrays.append(size_images[[position[value] for value in ids[keep].tolist()]])
+    return arrays, labels[keep]

@@ -27,6 +27,7 @@ from gap_models import records  # noqa: E402
 from tracking.runs import EXPERIMENT_NAME  # noqa: E402
 
 DEPLOYMENT = "compare-heads/compare-heads"
+NOTHING_TRAINED = ("skip", "evaluate")  # gap_models.planning's SKIP, EVALUATE (no TensorFlow here)
 
 
 def follow(flow_run_id) -> str:
@@ -48,8 +49,8 @@ def follow(flow_run_id) -> str:
             time.sleep(0 if len(logs) == 200 else 2)
 
 
-def output_folder(client: MlflowClient, flow_run_id: str) -> str | None:
-    """The plots' folder, as the flow run's MLflow parent run records it."""
+def parent_run(client: MlflowClient, flow_run_id: str):
+    """The flow run's MLflow parent run (None when there is none)."""
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is None:
         return None
@@ -58,7 +59,7 @@ def output_folder(client: MlflowClient, flow_run_id: str) -> str | None:
         f"tags.`{records.FLOW_RUN_TAG}` = '{flow_run_id}' and "
         f"tags.`{records.KIND_TAG}` = '{records.KIND_COMPARISON}'",
     )
-    return runs[0].data.tags.get(records.OUTPUT_DIR_TAG) if runs else None
+    return runs[0] if runs else None
 
 
 def main() -> int:
@@ -76,11 +77,16 @@ def main() -> int:
     print(f"Prefect flow run:  {ui}/runs/flow-run/{flow_run.id}")
     if experiment is not None:
         print(f"MLflow runs:       {tracking}/#/experiments/{experiment.experiment_id}/runs")
-    if final == "Completed":
-        folder = output_folder(client, str(flow_run.id))
-        print(
-            f"Plots and report:  {folder or 'outputs/'} (also artifacts of the MLflow parent run)"
-        )
+    parent = parent_run(client, str(flow_run.id)) if final == "Completed" else None
+    tags = parent.data.tags if parent else {}
+    decision = tags.get(records.RETRAIN_DECISION_TAG, "")
+    if decision in NOTHING_TRAINED:
+        reasons = tags.get(records.RETRAIN_REASONS_TAG, "")
+        print(f"Nothing trained: the plan decided {decision} ({reasons}); see what_changed.md "
+              "on the MLflow parent run. PARAMS='{\"force\": true}' trains anyway.")  # fmt: skip
+    elif parent is not None:
+        folder = tags.get(records.OUTPUT_DIR_TAG) or "outputs/"
+        print(f"Plots and report:  {folder} (also artifacts of the MLflow parent run)")
     print("Stop the services: make down")
     return 0 if final == "Completed" else 1
 

@@ -42,8 +42,14 @@ def no_leaked_mlflow_run(monkeypatch):
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A throw-away SQLite MLflow store, preprocessing cache and output folder for one
     test (set in the environment, as a user would); returns the tracking URI."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # tracking.runs.client() sets MLflow's process-wide URIs; an earlier test's must not
+    # leak into this one's clients (a registry client would read the other store).
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("COMPARE_HEADS_OUTPUT_DIR", str(tmp_path / "outputs"))
     return uri

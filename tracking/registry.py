@@ -21,9 +21,9 @@ from mlflow.exceptions import MlflowException
 
 from gap_models import records
 from gap_models.config import RunConfig
-from gap_models.data import cached_class_names, load_split
-from gap_models.evaluation import predict_probabilities, score_on_validation
-from gap_models.gate import judge
+from gap_models.data import cached_class_names
+from gap_models.evaluation import evaluate_model, predict_probabilities
+from gap_models.gate import judge, validation_inputs
 from gap_models.records import RunResult
 from tracking.logged_model import load_logged_model, logged_class_names, serving_problem
 from tracking.runs import log_metrics
@@ -80,11 +80,12 @@ def _register(client, name: str, candidate: RunResult):
 
 
 def champion_validation_accuracy(client, name: str, cache_dir: str) -> float:
-    """The current champion's accuracy on this run's validation split."""
-    champion_uri = f"models:/{name}@{CHAMPION}"
+    """The current champion's accuracy on this run's validation photos (decoded at the
+    champion's own image size)."""
     check_classes(client, name, cached_class_names(cache_dir))
-    scores = score_on_validation(load_logged_model(champion_uri), cache_dir)
-    return scores[records.SELECTION_METRIC]
+    model = load_logged_model(f"models:/{name}@{CHAMPION}")
+    [images], labels = validation_inputs(cache_dir, [int(model.input_shape[1])])
+    return records.as_validation(evaluate_model(model, images, labels))[records.SELECTION_METRIC]
 
 
 def same_classes(first: tuple[str, ...], second: tuple[str, ...]) -> bool:
@@ -115,11 +116,14 @@ def _gate(client, name: str, candidate: RunResult, cache_dir: str, champion):
     if champion is not None:
         classes = cached_class_names(cache_dir)
         check_classes(client, name, classes)
-        images, labels = load_split(cache_dir, records.SELECTION_SPLIT)
+        challenger_model = load_logged_model(candidate.model_uri)
+        champion_model = load_logged_model(f"models:/{name}@{CHAMPION}")
+        sizes = [int(challenger_model.input_shape[1]), int(champion_model.input_shape[1])]
+        (challenger_images, champion_images), labels = validation_inputs(cache_dir, sizes)
         decision = judge(
             labels,
-            predict_probabilities(load_logged_model(candidate.model_uri), images),
-            predict_probabilities(load_logged_model(f"models:/{name}@{CHAMPION}"), images),
+            predict_probabilities(challenger_model, challenger_images),
+            predict_probabilities(champion_model, champion_images),
             classes,
         )
         champion_accuracy, p_value, reason = (

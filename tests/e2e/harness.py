@@ -26,6 +26,7 @@ SERVICES_SCRIPT = REPO_ROOT / "scripts" / "services.sh"
 EXPERIMENT_NAME = "compare-heads"
 ON_DEMAND = "compare-heads/compare-heads"
 SCHEDULED = "compare-heads/compare-heads-scheduled"
+WATCH = "watch-source/compare-heads-watch"
 STARTUP_SECONDS = 300
 FLOW_RUN_SECONDS = 600
 # Images per class of the generated data set: large enough that a test split of about a
@@ -265,18 +266,31 @@ def start_deployment(services: Services, name: str, params: dict) -> str:
     return match.group(1)
 
 
-def flow_run_state(services: Services, flow_run_id: str) -> dict:
-    """The flow run's current state as the Prefect API reports it (type, name, message)."""
+def prefect_api(services: Services, method: str, path: str, body: dict | None = None):
+    """A call of the Prefect server's REST API (with basic auth when it is on), as JSON."""
     import httpx
 
     credentials = services.env.get("PREFECT_API_AUTH_STRING")
-    response = httpx.get(
-        f"{services.prefect_api_url}/flow_runs/{flow_run_id}",
+    response = httpx.request(
+        method,
+        f"{services.prefect_api_url}{path}",
+        json=body,
         auth=tuple(credentials.split(":", 1)) if credentials else None,
         timeout=10,
     )
     response.raise_for_status()
-    return response.json()["state"] or {}
+    return response.json()
+
+
+def flow_run_state(services: Services, flow_run_id: str) -> dict:
+    """The flow run's current state as the Prefect API reports it (type, name, message)."""
+    return prefect_api(services, "GET", f"/flow_runs/{flow_run_id}")["state"] or {}
+
+
+def flow_runs_of_deployment(services: Services, deployment: str) -> list[dict]:
+    """Every flow run of the deployment named ``deployment`` (its short name), any state."""
+    body = {"deployments": {"name": {"any_": [deployment]}}, "limit": 200}
+    return prefect_api(services, "POST", "/flow_runs/filter", body)
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 1.0):

@@ -7,8 +7,11 @@ adds a second (challenger) run.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import time
 
+import numpy as np
 import pytest
 
 from gap_models.config import RunConfig
@@ -19,14 +22,19 @@ from tests.e2e.harness import (
     SCHEDULED,
     SERVICES_SCRIPT,
     VENV_BIN,
+    WATCH,
     FlowRunResult,
     Services,
     artifact_paths,
     child_runs_of,
+    flow_runs_of_deployment,
     mlflow_client,
     parent_run_of,
+    prefect_api,
+    wait_for,
+    wait_for_final_state,
 )
-from tests.fixtures import REGISTERED_MODEL
+from tests.fixtures import REGISTERED_MODEL, make_pet_image
 
 pytestmark = pytest.mark.e2e
 
@@ -66,9 +74,10 @@ CHILD_METRICS = {
 
 
 def inspect_deployment(services: Services, name: str) -> dict:
-    completed = services.prefect("deployment", "inspect", name, "--output", "json")
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    return json.loads(completed.stdout)
+    """The deployment as the Prefect API holds it. (`prefect deployment inspect --output
+    json` fails on a deployment with triggers in Prefect 3.9: "Type is not JSON
+    serializable: set".)"""
+    return prefect_api(services, "GET", f"/deployments/name/{name}")
 
 
 def test_deployments_mirror_prefect_yaml(services: Services):
@@ -188,6 +197,63 @@ def test_weaker_challenger_keeps_the_champion(services: Services, completed_firs
     assert champion_after.version == champion_before.version
     challenger = client.get_model_version_by_alias(REGISTERED_MODEL, "challenger")
     assert challenger.version != champion_before.version
+
+
+def test_scheduled_run_on_the_champions_photos_skips_and_says_why(
+    services: Services, completed_first_run, pet_images
+):
+    """The weekly deployment, run by the worker on the photos, code and settings the champion
+    was trained with: nothing is preprocessed or trained; the reasons are on the parent run
+    (tags, what_changed.md) and in the flow run's Prefect artifact."""
+    skipped = services.run_deployment(SCHEDULED, {"source": str(pet_images), **FIRST_RUN_PARAMS})
+    assert skipped.returncode == 0, f"{skipped.output[-6000:]}\n{services.logs()}"
+    parent = parent_run_of(services, skipped)
+    tags, metrics = parent.data.tags, parent.data.metrics
+    assert (tags["retrain_decision"], tags["retrain_reasons"]) == ("skip", "unchanged"), tags
+    assert tags["data_digest"] == tags["champion_data_digest"] and tags["code_digest"]
+    assert not child_runs_of(services, parent)
+    assert "phase_seconds_preprocess" not in metrics and "phase_seconds_plan" in metrics
+    print(f"skipped in {metrics['flow_seconds']:.1f} s of flow time")
+    paths = artifact_paths(mlflow_client(services), parent.info.run_id)
+    assert {"what_changed.md", "data_manifest.tsv"} <= set(paths)
+    listed = services.prefect(
+        "artifact", "inspect", "compare-heads-what-changed", "--output", "json"
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    artifacts = json.loads(listed.stdout)
+    mine = [a for a in artifacts if a.get("flow_run_id") == skipped.flow_run_id]
+    assert mine and "# What changed: skip" in mine[0]["data"], artifacts[:1]
+
+
+def test_the_watch_starts_one_retraining_when_photos_change_and_none_when_not(
+    services: Services, completed_first_run, pet_images, tmp_path
+):
+    """compare-heads-watch, fired twice on the champion's photos, emits nothing and starts
+    nothing; after one photo is added it starts exactly one compare-heads-scheduled run, on
+    the watched photos, through the deployment's event trigger."""
+    photos = tmp_path / "watched"
+    shutil.copytree(pet_images, photos)  # the same content: the same data digest
+    scheduled = SCHEDULED.split("/")[1]
+    before = {run["id"] for run in flow_runs_of_deployment(services, scheduled)}
+    for _ in range(2):
+        watched = services.run_deployment(WATCH, {"source": str(photos)})
+        assert watched.returncode == 0, f"{watched.output[-4000:]}\n{services.logs()}"
+    time.sleep(10)  # what an event would have started by now
+    assert {run["id"] for run in flow_runs_of_deployment(services, scheduled)} == before
+    make_pet_image(0, 64, np.random.default_rng(123)).save(photos / "PetImages/Cat/added.jpg")
+    watched = services.run_deployment(WATCH, {"source": str(photos)})
+    assert watched.returncode == 0, f"{watched.output[-4000:]}\n{services.logs()}"
+
+    def started():
+        runs = flow_runs_of_deployment(services, scheduled)
+        return [run for run in runs if run["id"] not in before]
+
+    wait_for(started, 180, "the retraining the event should start")
+    time.sleep(10)  # a second (wrong) run would have been created by now
+    [retraining] = started()
+    assert retraining["parameters"]["source"] == str(photos)
+    state = wait_for_final_state(services, retraining["id"])
+    assert state["type"] == "COMPLETED", f"{state}\n{services.logs()}"
 
 
 REFUSED_BY_THE_SERVER = [  # the flow's parameter schema, RunConfig's types and limits

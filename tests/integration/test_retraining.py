@@ -126,7 +126,8 @@ def test_a_worse_challenger_stays_challenger_with_the_reason_a_better_one_is_pro
     first = client.get_model_version("pets-gate", weak.promotion.version)
     assert first.tags["promotion_reason"].startswith("no champion yet; loads and predicts")
 
-    strong = compare_heads(source=str(source), **params)
+    # At another image size: the gate scores each model on the same photos decoded at its own.
+    strong = compare_heads(source=str(source), **{**params, "image_size": 40})
     assert strong.promotion.decision == "promoted", strong.promotion
     version = client.get_model_version("pets-gate", strong.promotion.version)
     assert float(version.tags["mcnemar_p_value"]) < 0.05
@@ -140,3 +141,30 @@ def test_a_worse_challenger_stays_challenger_with_the_reason_a_better_one_is_pro
     assert client.get_model_version_by_alias("pets-gate", "challenger").version == kept.version
     assert client.get_model_version_by_alias("pets-gate", "champion").version == version.version
     assert parent_tags(client, again)["promotion_reason"] == kept.tags["promotion_reason"]
+
+
+def test_new_photos_only_in_validation_or_test_rescore_the_champion_without_training(
+    tmp_path, tracking_uri, prefect_harness
+):
+    import hashlib
+
+    from gap_models.data.selection import assign_split
+
+    source = make_pet_images(tmp_path / "photos", per_class=30, size=32)
+    params = {**PARAMS, "model_name": "pets-evaluate"}
+    compare_heads(source=str(source), **params)
+    candidates = make_pet_images(tmp_path / "more", per_class=20, size=32, seed=11) / "PetImages"
+    held_out = 0
+    for path in sorted(candidates.rglob("*.jpg")):
+        if assign_split(hashlib.sha256(path.read_bytes()).hexdigest(), [80, 10, 10]) != "train":
+            shutil.copy(path, source / "PetImages" / path.parent.name / f"held-{path.name}")
+            held_out += 1
+    assert held_out > 0
+    client = MlflowClient(tracking_uri)
+    result = compare_heads(source=str(source), **params)
+    assert (result.decision, result.trained) == ("evaluate", [])
+    run = client.get_run(result.parent_run_id)
+    assert run.data.tags["retrain_reasons"] == "data_changed,photos_added"
+    assert run.data.metrics["photos_added"] == held_out
+    assert 0 <= run.data.metrics["champion_val_accuracy"] <= 1
+    assert not child_runs(client, result.experiment_id, result.parent_run_id)
