@@ -156,7 +156,7 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
         return _without_training(plan, parent_id, experiment_id, phases)
     with phases("preprocess"):
         prepared = preprocess(local_source, config.image_size, config.split, config.max_images)
-    record_data(prepared, parent_id)
+    record_data(prepared, parent_id, plan.data_digest)
     if config.promote:  # a champion of other classes: refused now, not after training
         check_classes(client, registered_model_name(config, prepared.class_names),
                       prepared.class_names)  # fmt: skip

@@ -106,12 +106,13 @@ def skipped_files_csv(skipped: list[dict]) -> str:
 
 
 @task(name="record-data", cache_policy=NONE)
-def record_data(prepared: PreparedRef, parent_run_id: str) -> None:
+def record_data(prepared: PreparedRef, parent_run_id: str, data_digest: str | None = None) -> None:
     """On the parent run: the data as an MLflow dataset input, the class names, the counts,
     and the list of skipped files (with reasons) as an MLflow and a Prefect artifact, so
     nothing is dropped silently."""
     client = runs.client()
-    runs.log_dataset(client, parent_run_id, data.read_manifest(Path(prepared.cache_dir)))
+    manifest = data.read_manifest(Path(prepared.cache_dir))
+    runs.log_dataset(client, parent_run_id, manifest, data_digest)
     runs.log_params(client, parent_run_id, {records.CLASS_NAMES: ",".join(prepared.class_names)})
     counts = {
         records.IMAGES_USED: prepared.images_used,

@@ -176,10 +176,13 @@ def _dataset_source(source: str):
         return resolve_dataset_source(str(Path(source).expanduser().resolve()))
 
 
-def log_dataset(mlflow_client: MlflowClient, run_id: str, manifest: dict) -> None:
+def log_dataset(
+    mlflow_client: MlflowClient, run_id: str, manifest: dict, digest: str | None = None
+) -> None:
     """Record the photos a run used as an MLflow dataset input (the UI's Dataset column),
-    from the cache's manifest: the source, its fingerprint as digest, and as profile the
-    classes and the images per split and class."""
+    from the cache's manifest: the source, as digest the data digest of the retraining plan
+    (``digest``; else the source's fingerprint), and as profile the classes and the images
+    per split and class."""
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -192,7 +195,8 @@ def log_dataset(mlflow_client: MlflowClient, run_id: str, manifest: dict) -> Non
             return {**super().to_dict(), "profile": json.dumps(profile)}
 
     name = Path(source.removeprefix(TFDS_PREFIX)).name or source
-    dataset = _Photos(_dataset_source(source), name=name, digest=manifest["fingerprint"][:36])
+    digest = digest or manifest["fingerprint"][:36]
+    dataset = _Photos(_dataset_source(source), name=name, digest=digest)
     context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
     mlflow_client.log_inputs(
         run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[context])]

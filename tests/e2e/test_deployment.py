@@ -178,7 +178,7 @@ def test_weaker_challenger_keeps_the_champion(services: Services, completed_firs
     client = mlflow_client(services)
     champion_before = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
     # A learning rate this small leaves the model at its initial weights: it cannot beat a
-    # champion trained on the same data, scored on the same test split.
+    # champion trained on the same data, scored on the same validation photos.
     weaker = services.run_deployment(
         ON_DEMAND,
         {

@@ -39,6 +39,8 @@ def test_unchanged_data_skips_a_new_head_trains_alone_new_photos_retrain(
     assert (first.decision, tags["retrain_decision"], tags["retrain_reasons"]) == (
         "full", "full", "no_champion")  # fmt: skip
     assert first.promotion.decision == "promoted"
+    [dataset] = client.get_run(first.parent_run_id).inputs.dataset_inputs
+    assert dataset.dataset.digest == tags["data_digest"]  # the MLflow dataset input carries it
     version = client.get_model_version("pets-retraining", first.promotion.version)
     assert version.tags["trained_because"] == "no_champion"
 
