@@ -17,10 +17,16 @@ from types import SimpleNamespace
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from pydantic import ValidationError
 
 from flows.train_models import train_models_on
 from gap_models import planning, records
-from gap_models.config import RunConfig, flow_parameter_types, parameters_docstring
+from gap_models.config import (
+    RunConfig,
+    flow_parameter_types,
+    parameter_errors,
+    parameters_docstring,
+)
 from gap_models.hardware import hardware_params, resolve_precision
 from gap_models.planning import render_what_changed
 from gap_models.provenance import code_version
@@ -102,7 +108,10 @@ def compare_heads(
 ) -> ComparisonResult:
     """Train and fairly compare CNN classifier heads on labelled photos, Cats vs Dogs by
     default (parameters: RunConfig; None takes its default)."""
-    requested = RunConfig.from_parameters(**locals())
+    try:
+        requested = RunConfig.from_parameters(**locals())
+    except ValidationError as error:  # every bad value, each with its parameter, no links
+        raise ValueError("invalid parameters: " + "; ".join(parameter_errors(error))) from None
     precision = resolve_precision(requested.precision)  # once per run, logged as resolved
     config = requested.resolved()
     started = time.perf_counter()

@@ -75,3 +75,14 @@ def config_digest(config, head: str, seed: int) -> str:
         "max_images": config.max_images,
     }
     return cell_key(settings)
+
+
+PLANNED_FIELDS: tuple[str, ...] = (*TRAINING_FIELDS, "split", "max_images", "heads", "seeds")
+"""The settings a retraining plan compares with the champion's flow run, to say which
+changed (what_changed.md)."""
+
+
+def planned_settings(params: dict[str, object]) -> dict[str, str]:
+    """``PLANNED_FIELDS`` of a run's parameters (a RunConfig dump or an MLflow run's
+    params), as the parent run logs them: strings."""
+    return {name: str(params[name]) for name in PLANNED_FIELDS if name in params}

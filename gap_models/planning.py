@@ -70,13 +70,15 @@ LISTED_FILES = 200
 class Champion:
     """What the registry and the champion's flow run record: its version, the digests and
     manifest of the data it was trained on, its code digest, its cells' configuration
-    digests (head and seed to digest and run id), and when it was trained."""
+    digests (head and seed to digest and run id), when it was trained, and the settings
+    its flow run was given (``gap_models.identity.PLANNED_FIELDS``)."""
 
     version: str
     trained_at: datetime
     manifest: Manifest | None
     code_digest: str | None
     cells: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)  # its flow run's planned settings
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Plan:
     drift: DriftTest | None = None
     drift_statistics: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    settings_changed: dict[str, tuple[str, str]] = field(default_factory=dict)  # champion, now
 
     @property
     def champion_data_digest(self) -> str:
@@ -246,6 +249,10 @@ def render_what_changed(result: Plan) -> str:
             + ", ".join(f"{h} seed {s} (run {run})" for (h, s), run in result.reused.items())
         )
     lines.append("")
+    if result.settings_changed:
+        lines += ["## Configuration", "", "| setting | champion | now |", "|---|---|---|"]
+        lines += [f"| {k} | {old} | {new} |" for k, (old, new) in result.settings_changed.items()]
+        lines.append("")
     if result.changes is not None:
         lines += _change_section(result.changes)
     if result.drift is not None:

@@ -22,7 +22,7 @@ from gap_models.data.changes import diff_manifests
 from gap_models.data.manifest import Manifest, build_manifest, decode_photos
 from gap_models.data.selection import TRAIN_SPLIT
 from gap_models.drift import MIN_PHOTOS, SAMPLE_SIZE, measure_drift, sample
-from gap_models.identity import config_digest
+from gap_models.identity import config_digest, planned_settings
 from gap_models.planning import Champion, Plan, render_what_changed
 from gap_models.planning import plan as decide
 from gap_models.provenance import code_version
@@ -81,6 +81,7 @@ def read_champion(client: MlflowClient, name: str, alias: str = CHAMPION) -> Cha
         manifest=_manifest_of(client, parent.info.run_id),
         code_digest=parent.data.tags.get(records.CODE_DIGEST_TAG),
         cells=_cells_of(client, parent),
+        settings=planned_settings(parent.data.params),
     )
 
 
@@ -163,6 +164,13 @@ def plan_against_champion(
         promote=config.promote,
     )  # fmt: skip
     plan.drift_statistics = statistics
+    if champion is not None and champion.settings:
+        now = planned_settings(config.model_dump())
+        plan.settings_changed = {
+            name: (champion.settings[name], value)
+            for name, value in now.items()
+            if name in champion.settings and champion.settings[name] != value
+        }
     if plan.decision != planning.SKIP and config.promote and not config.force:
         _unless_just_tried(plan, mlflow_client, name, manifest, digests, config.max_age_days)
     return plan, manifest

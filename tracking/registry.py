@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -59,6 +59,7 @@ class Promotion:
     name: str = CATS_VS_DOGS_MODEL
     reason: str = ""  # the gate's sentence (gap_models.gate)
     p_value: float | None = None  # McNemar's, when there was a champion to test against
+    recall_change: dict[str, float] = field(default_factory=dict)  # points, per class
 
 
 def current_champion(client, name: str):
@@ -109,10 +110,9 @@ def check_classes(client, name: str, classes: tuple[str, ...]) -> None:
 
 
 def _gate(client, name: str, candidate: RunResult, cache_dir: str, champion):
-    """(promote?, why, the champion's validation accuracy, McNemar's p): the gate of
+    """(promote?, why, the gate's decision or None without a champion): the gate of
     ``gap_models.gate`` on this run's validation photos, then the fresh-process load check."""
-    champion_accuracy = p_value = None
-    reason = "no champion yet"
+    decision = None
     if champion is not None:
         classes = cached_class_names(cache_dir)
         check_classes(client, name, classes)
@@ -126,15 +126,13 @@ def _gate(client, name: str, candidate: RunResult, cache_dir: str, champion):
             predict_probabilities(champion_model, champion_images),
             classes,
         )
-        champion_accuracy, p_value, reason = (
-            decision.champion_accuracy, decision.p_value, decision.reason
-        )  # fmt: skip
         if not decision.promote:
-            return False, reason, champion_accuracy, p_value
+            return False, decision.reason, decision
     problem = serving_problem(candidate.model_uri)
     if problem is not None:
-        return False, problem, champion_accuracy, p_value
-    return True, reason + "; loads and predicts in a fresh process", champion_accuracy, p_value
+        return False, problem, decision
+    reason = decision.reason if decision else "no champion yet"
+    return True, reason + "; loads and predicts in a fresh process", decision
 
 
 def decide(
@@ -145,9 +143,8 @@ def decide(
     version records its validation and test accuracy, why it was trained (the retraining
     plan's reasons) and why it was promoted or kept (with the paired test's p-value)."""
     champion = current_champion(client, name)
-    promote, reason, champion_accuracy, p_value = _gate(
-        client, name, candidate, cache_dir, champion
-    )
+    promote, reason, gate = _gate(client, name, candidate, cache_dir, champion)
+    p_value = gate.p_value if gate else None
     version = _register(client, name, candidate)
     tags = {
         records.SELECTION_METRIC: f"{candidate.final_val_accuracy:.6f}",
@@ -170,7 +167,7 @@ def decide(
         decision="promoted" if promote else "kept",
         version=str(version.version),
         challenger_val_accuracy=candidate.final_val_accuracy,
-        champion_val_accuracy=champion_accuracy,
+        champion_val_accuracy=gate.champion_accuracy if gate else None,
         challenger_test_accuracy=candidate.test_accuracy,
         champion_version=str(champion.version) if champion is not None else None,
         head=candidate.head,
@@ -178,6 +175,7 @@ def decide(
         name=name,
         reason=reason,
         p_value=p_value,
+        recall_change=gate.recall_change if gate else {},
     )
 
 
@@ -236,4 +234,8 @@ def promotion_markdown(promotion: Promotion) -> str:
         f"(test accuracy {promotion.challenger_test_accuracy:.4f}, reported only). "
         f"Champion before: {before} on the same validation split.\n\n"
         f"Decision: **{promotion.decision}**: {promotion.reason}."
+        + "".join(
+            f"\n- recall of {name}: {change:+.2f} points against the champion"
+            for name, change in promotion.recall_change.items()
+        )
     )

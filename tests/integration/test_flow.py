@@ -285,4 +285,7 @@ def test_parent_run_names_its_output_folder_for_make_run(flow_result):
     spec = importlib.util.spec_from_file_location("run_script", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.output_folder(client, flow_run_id) == summary.output_dir
+    found = script.parent_run(client, flow_run_id)
+    assert found.info.run_id == summary.parent_run_id
+    assert found.data.tags["compare_heads.output_dir"] == summary.output_dir
+    assert found.data.tags["retrain_decision"] not in script.NOTHING_TRAINED

@@ -58,6 +58,8 @@ def test_unchanged_data_skips_a_new_head_trains_alone_new_photos_retrain(
     assert list(child_runs(client, both.experiment_id, both.parent_run_id)) == [("fc", 0)]
     assert {row["head"] for row in both.rows} == {"fc", "gap"}
     assert parent_tags(client, both)["retrain_reasons"] == "config_changed"
+    text = artifact_text(client, both, "what_changed.md", tmp_path)
+    assert "| heads | ['gap'] | ['gap', 'fc'] |" in text, text
 
     extra = make_pet_images(tmp_path / "extra", per_class=25, size=32, seed=5) / "PetImages"
     added = []
@@ -135,6 +137,7 @@ def test_a_worse_challenger_stays_challenger_with_the_reason_a_better_one_is_pro
     assert float(version.tags["mcnemar_p_value"]) < 0.05
     assert version.tags["promotion_reason"].startswith("better: +")
     assert version.tags["trained_because"] == "config_changed"
+    assert set(strong.promotion.recall_change) == {"Cat", "Dog"}  # points per class, logged
 
     again = compare_heads(source=str(source), **{**params, "learning_rate": 1e-6})
     assert again.promotion.decision == "kept"
