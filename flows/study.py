@@ -127,7 +127,10 @@ def status_lines(root: Path, name: str) -> tuple[list[str], list[CellState]]:
     remaining = 0.0
     for state in states:
         extra = ""
-        if state.state != "done":
+        elsewhere = find_record_by_key(root, state.key) if state.state != "done" else None
+        if elsewhere is not None:  # copied, not trained, when `study run` reaches it
+            extra = f"  recorded in {elsewhere.parent.parent.name}: copied by `study run`"
+        elif state.state != "done":
             own = seconds_per_image_epoch(root, study, state.cell.settings.get("precision"))
             seconds = estimate_seconds(root, study, state, own)
             remaining += seconds
