@@ -114,7 +114,7 @@ def fit_once(variant: str, head: str, data_path: str, epochs: int, image_size: i
     from gap_models.data import make_dataset
     from gap_models.hardware import resolve_precision
     from gap_models.models import build_model
-    from gap_models.training import recalibrate_batch_norm
+    from gap_models.recipes import recalibrate_batch_norm
 
     spec = VARIANTS[variant]
     if "threads" in spec:

@@ -52,6 +52,8 @@ def run(
     recipe: Annotated[str | None, _option("recipe")] = None,
     precision: Annotated[str | None, _option("precision")] = None,
     batch_norm: Annotated[str | None, _option("batch_norm")] = None,
+    backbone: Annotated[str | None, _option("backbone")] = None,
+    train_fraction: Annotated[float | None, _option("train_fraction")] = None,
     model_name: Annotated[str | None, _option("model_name")] = None,
     force: Annotated[bool | None, _option("force", "--force/--no-force")] = None,
     max_age_days: Annotated[float | None, _option("max_age_days")] = None,

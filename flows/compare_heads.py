@@ -100,6 +100,8 @@ def compare_heads(
     recipe: P.recipe = None,
     precision: P.precision = None,
     batch_norm: P.batch_norm = None,
+    backbone: P.backbone = None,
+    train_fraction: P.train_fraction = None,
     model_name: P.model_name = None,
     force: P.force = None,
     max_age_days: P.max_age_days = None,

@@ -12,7 +12,13 @@ import numpy as np
 from scipy.stats import rankdata
 
 from gap_models import records
-from gap_models.data import TRAIN_SPLIT, cached_class_names, load_split
+from gap_models.data import (
+    TRAIN_SPLIT,
+    cached_class_names,
+    load_ids,
+    load_split,
+    train_indices,
+)
 from gap_models.probabilities import class_probabilities, predicted_classes
 from gap_models.robustness import directions_of, translation_correct
 
@@ -101,8 +107,8 @@ def score_on_validation(model, cache_dir: str) -> dict[str, float]:
 
 
 TRAIN_SUBSET = 2000
-"""Training photos every cell is also scored on, in inference mode (the first of the train
-split in cache order): overfitting measured on like terms with validation."""
+"""Training photos every cell is also scored on, in inference mode (the first it trained
+on, in cache order): overfitting measured on like terms with validation."""
 PREDICTION_SPLITS: tuple[str, ...] = (
     records.SELECTION_SPLIT,
     records.REPORT_SPLIT,
@@ -119,6 +125,9 @@ class CellScores:
     predictions: dict[str, np.ndarray]
     # Test photos shifted by N pixels: per photo, the directions it is right in (uint8).
     shifts: dict[int, np.ndarray]
+    # The scored photos' content ids and labels by split, in the predictions' order.
+    ids: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
 
 
 def stored_predictions(probabilities: np.ndarray) -> np.ndarray:
@@ -126,23 +135,38 @@ def stored_predictions(probabilities: np.ndarray) -> np.ndarray:
     return probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities
 
 
-def score_cell(model, cache_dir: str, progress: Callable[[str], None] | None = None) -> CellScores:
+def _scored_photos(
+    cache_dir: str, split: str, train_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images, labels and content ids of what ``score_cell`` scores of one split."""
+    if split != records.TRAIN_SUBSET_SPLIT:
+        return (*load_split(cache_dir, split), load_ids(cache_dir, split))
+    kept = train_indices(load_ids(cache_dir, TRAIN_SPLIT), train_fraction)[:TRAIN_SUBSET]
+    images, labels = load_split(cache_dir, TRAIN_SPLIT)
+    return images[kept], labels[kept], load_ids(cache_dir, TRAIN_SPLIT)[kept]
+
+
+def score_cell(
+    model,
+    cache_dir: str,
+    progress: Callable[[str], None] | None = None,
+    train_fraction: float = 1.0,
+) -> CellScores:
     """Everything measured on a trained model: on the test split loss, accuracy, AUC, each
     class's recall and precision and accuracy under each translation shift (the robustness
     claim); the validation scores decisions are made on (``final_val_*``); loss and accuracy
-    on ``TRAIN_SUBSET`` training photos in inference mode (``train_subset_*``); the seconds
-    all that took; and the per-photo predictions of the three. ``progress`` hears which pass
-    starts (16 in all)."""
+    on ``TRAIN_SUBSET`` photos it trained on (of its ``train_fraction``), in inference mode
+    (``train_subset_*``); the seconds all that took; and the per-photo predictions of the
+    three. ``progress`` hears which pass starts (16 in all)."""
     started = time.perf_counter()
     say = progress or (lambda step: None)
     classes = cached_class_names(cache_dir)
-    predictions, metrics, shifts = {}, {}, {}
+    predictions, metrics, shifts, ids, truths = {}, {}, {}, {}, {}
     for split in PREDICTION_SPLITS:
         say(split)
         subset = split == records.TRAIN_SUBSET_SPLIT
-        images, labels = load_split(cache_dir, TRAIN_SPLIT if subset else split)
-        if subset:
-            images, labels = images[:TRAIN_SUBSET], labels[:TRAIN_SUBSET]
+        images, labels, ids[split] = _scored_photos(cache_dir, split, train_fraction)
+        truths[split] = labels
         probabilities = predict_probabilities(model, images)
         scores = classification_metrics(labels, probabilities, classes)
         if split == records.SELECTION_SPLIT:
@@ -157,4 +181,4 @@ def score_cell(model, cache_dir: str, progress: Callable[[str], None] | None = N
                 accuracy = float(counts.mean() / len(directions_of(pixels)))
                 metrics[f"{records.SHIFT_PREFIX}{pixels}"] = accuracy
     metrics[records.EVALUATE_SECONDS] = time.perf_counter() - started
-    return CellScores(metrics, predictions, shifts)
+    return CellScores(metrics, predictions, shifts, ids, truths)

@@ -21,6 +21,8 @@ TRAINING_FIELDS: tuple[str, ...] = (
     "recipe",
     "precision",
     "batch_norm",
+    "backbone",
+    "train_fraction",
 )
 """The ``RunConfig`` fields that change what training one (head, seed) produces, beyond the
 data (precision as resolved for the run)."""

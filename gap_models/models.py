@@ -20,7 +20,8 @@ from keras import layers
 
 from gap_models import records
 from gap_models.architecture import (
-    BACKBONE_FILTERS,
+    BACKBONE_NAMES,
+    BACKBONES,
     HEAD_NAMES,
     HEADS,
     feature_map_side,
@@ -98,16 +99,21 @@ def build_backbone(
     rescale: bool = True,
     batch_norm: str = "fused",
     dtype: str = "float32",
+    backbone: str = "article",
 ) -> keras.KerasTensor:
-    """The article's backbone: rescale, then 3 x (Conv 3x3 valid -> BN -> ReLU -> MaxPool 2x2)."""
+    """Rescale, then per block of the named backbone (``gap_models.architecture.BACKBONES``)
+    Conv 3x3 -> BN -> ReLU -> MaxPool 2x2; the article's is 3 blocks of valid convolutions."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; allowed are {list(BACKBONE_NAMES)}")
+    spec = BACKBONES[backbone]
     seeds = _Seeds(seed, offset=0)
     norm = _batch_norm_class(batch_norm)
     x = layers.Rescaling(1.0 / 255, name="rescale", dtype=dtype)(inputs) if rescale else inputs
-    for block, filters in enumerate(BACKBONE_FILTERS, start=1):
+    for block, filters in enumerate(spec.filters, start=1):
         x = layers.Conv2D(
             filters,
             3,
-            padding="valid",
+            padding=spec.padding,
             kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
             name=f"{BACKBONE_PREFIX}conv{block}",
             dtype=dtype,
@@ -187,11 +193,70 @@ def avgpool_head(
     return _output(x, _Seeds(seed, offset=500), dtype, num_classes)
 
 
+def fc_matched_head(
+    x: keras.KerasTensor, seed: int, dtype: str = "float32", num_classes: int = 2
+) -> keras.KerasTensor:
+    """``fc`` at ``gap``'s size: a 1x1 convolution mixes the maps into one, Flatten, output.
+
+    Like ``gap`` a linear function of the maps with one weight per map; unlike it, one
+    learned weight per position instead of a uniform average: the flatten-or-pool question
+    at equal (tiny) capacity."""
+    seeds = _Seeds(seed, offset=500)
+    x = layers.Conv2D(
+        1,
+        1,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
+        name="fc_matched_mix",
+        dtype=dtype,
+    )(x)
+    x = layers.Flatten(name="flatten", dtype=dtype)(x)
+    return _output(x, seeds, dtype, num_classes)
+
+
+def matched_width(side: int, channels: int) -> int:
+    """Maps of ``gap_matched``'s widening convolution that give it ``fc``'s trainable
+    parameter count on a ``side`` x ``side`` x ``channels`` feature map, two classes (with
+    more, only the output layers grow).
+
+    fc: Flatten (F values), BN (2F), Dense 100 (100F + 100), BN (200), Dense 100 (10,100),
+    output (101); gap_matched: 3x3 conv (9CW + W), BN (2W), output (W + 1).
+    """
+    flat = side * side * channels
+    return max(1, round((102 * flat + 10_500) / (9 * channels + 4)))
+
+
+def gap_matched_head(
+    x: keras.KerasTensor,
+    seed: int,
+    dtype: str = "float32",
+    num_classes: int = 2,
+    batch_norm: str = "fused",
+) -> keras.KerasTensor:
+    """``gap`` at ``fc``'s size: a 3x3 convolution to ``matched_width`` maps, BN, ReLU,
+    global average pooling, output."""
+    seeds = _Seeds(seed, offset=500)
+    _, side, _, channels = x.shape
+    x = layers.Conv2D(
+        matched_width(side, channels),
+        3,
+        padding="same",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
+        name="gap_matched_conv",
+        dtype=dtype,
+    )(x)
+    x = _batch_norm_class(batch_norm)(name="gap_matched_bn", dtype=dtype)(x)
+    x = layers.ReLU(name="gap_matched_relu", dtype=dtype)(x)
+    x = layers.GlobalAveragePooling2D(name="global_average_pool", dtype=dtype)(x)
+    return _output(x, seeds, dtype, num_classes)
+
+
 HEAD_BUILDERS: dict[str, Callable[..., keras.KerasTensor]] = {
     "fc": fc_head,
     "fc_dropout": fc_dropout_head,
     "gap": gap_head,
     "avgpool": avgpool_head,
+    "fc_matched": fc_matched_head,
+    "gap_matched": gap_matched_head,
 }
 assert tuple(HEAD_BUILDERS) == tuple(HEADS) == HEAD_NAMES
 
@@ -204,9 +269,11 @@ def build_model(
     precision: str = "float32",
     batch_norm: str = "fused",
     num_classes: int = 2,
+    backbone: str = "article",
 ) -> keras.Model:
-    """Build a fresh, uncompiled model: the backbone topped by the named head, ending in one
-    sigmoid unit for two classes (the article's) or a softmax of ``num_classes`` units.
+    """Build a fresh, uncompiled model: the named backbone (``article``: the article's)
+    topped by the named head, ending in one sigmoid unit for two classes (the article's) or
+    a softmax of ``num_classes`` units.
 
     The model takes uint8 (or float 0-255) RGB images of ``image_size`` x ``image_size``;
     ``rescale=False`` drops the built-in 1/255 for inputs already in [0, 1] (the article's
@@ -221,15 +288,19 @@ def build_model(
             f"unknown precision {precision!r}; allowed are {list(RESOLVED_PRECISIONS)} "
             "(resolve 'auto' first: gap_models.hardware.resolve_precision)"
         )
-    if image_size < min_image_size(head):
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; allowed are {list(BACKBONE_NAMES)}")
+    if image_size < min_image_size(head, backbone):
+        side = feature_map_side(image_size, backbone)
         raise ValueError(
-            f"image_size {image_size} is too small for head {head!r} "
-            f"(feature map {feature_map_side(image_size)}x{feature_map_side(image_size)}); "
-            f"the smallest it can process is {min_image_size(head)}"
+            f"image_size {image_size} is too small for head {head!r} on backbone {backbone!r} "
+            f"(feature map {side}x{side}); the smallest it can process is "
+            f"{min_image_size(head, backbone)}"
         )
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    features = build_backbone(inputs, seed, rescale, batch_norm, precision)
-    outputs = HEAD_BUILDERS[head](features, seed, dtype=precision, num_classes=num_classes)
+    features = build_backbone(inputs, seed, rescale, batch_norm, precision, backbone)
+    extra = {"batch_norm": batch_norm} if head == "gap_matched" else {}
+    outputs = HEAD_BUILDERS[head](features, seed, dtype=precision, num_classes=num_classes, **extra)
     return keras.Model(inputs, outputs, name=head)
 
 

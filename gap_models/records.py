@@ -44,6 +44,17 @@ TRAIN_SECONDS = "train_seconds"
 TRAIN_IMAGES_PER_SECOND = "train_images_per_second"
 BEST_VAL_ACCURACY = "best_val_accuracy"
 EPOCHS_RUN = "epochs_run"
+EPOCHS_TO_BEST = "epochs_to_best_val_accuracy"
+EPOCHS_TO_PREFIX = "epochs_to_val_accuracy_"
+VAL_ACCURACY_TARGETS: tuple[float, ...] = (0.80, 0.85, 0.90)
+"""Validation accuracies whose first epoch each run logs (``epochs_to_val_accuracy_85``)."""
+
+
+def epochs_to_target(target: float) -> str:
+    """The metric of epochs to the first validation accuracy of at least ``target``."""
+    return f"{EPOCHS_TO_PREFIX}{round(target * 100)}"
+
+
 BN_RECALIBRATION_BATCHES = "bn_recalibration_batches"
 EPOCH_LOGGING_SECONDS = "epoch_logging_seconds"
 AUGMENTATION_CHANGE = "augmentation_mean_abs_change"

@@ -33,6 +33,8 @@ GRID_FIELDS = (
     "recipe",
     "precision",
     "batch_norm",
+    "backbone",
+    "train_fraction",
 )
 """``RunConfig`` fields a study may vary or fix (``heads`` and ``seeds`` always vary)."""
 Figure = Literal["forest", "accuracies", "curves", "overfitting", "translation", "speed"]

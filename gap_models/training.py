@@ -10,9 +10,15 @@ from dataclasses import dataclass, field
 import keras
 
 from gap_models import records
-from gap_models.config import RECIPES, RunConfig
-from gap_models.data import TRAIN_SPLIT, load_split, make_dataset
-from gap_models.models import build_model, compile_model
+from gap_models.config import RunConfig
+from gap_models.data import load_split, load_train, make_dataset
+from gap_models.models import build_model
+from gap_models.recipes import (
+    augmenter,
+    compile_for_recipe,
+    recalibrate_batch_norm,
+    recipe_callbacks,
+)
 
 EpochLogger = Callable[[int, dict[str, float]], None]
 """Called after every epoch with the 1-based epoch and its metrics (loss, accuracy, val_*,
@@ -49,6 +55,20 @@ class EpochReporter(keras.callbacks.Callback):
         self.reporting_seconds += time.perf_counter() - reporting_started
 
 
+def epochs_to(val_accuracy: list[float]) -> dict[str, float]:
+    """Epochs to the best validation accuracy, and to the first epoch that reached each of
+    ``records.VAL_ACCURACY_TARGETS`` (targets never reached are left out)."""
+    if not val_accuracy:
+        return {}
+    best = max(range(len(val_accuracy)), key=val_accuracy.__getitem__)
+    reached = {records.EPOCHS_TO_BEST: float(best + 1)}
+    for target in records.VAL_ACCURACY_TARGETS:
+        first = next((i for i, value in enumerate(val_accuracy) if value >= target), None)
+        if first is not None:
+            reached[records.epochs_to_target(target)] = float(first + 1)
+    return reached
+
+
 @dataclass
 class TrainingResult:
     """Per-epoch history and timing of one ``fit``, and what ``fit_head`` did after it."""
@@ -70,8 +90,10 @@ class TrainingResult:
         return self.train_seconds + self.recalibration_seconds
 
     def final_metrics(self) -> dict[str, float]:
-        """The run-level figures a tracker records once training is over."""
+        """The run-level figures a tracker records once training is over (epochs to each
+        ``records.VAL_ACCURACY_TARGETS`` only where it was reached)."""
         return {
+            **epochs_to(self.history.get(records.VAL_ACCURACY, [])),
             records.TRAIN_SECONDS: self.train_seconds,
             records.TRAIN_IMAGES_PER_SECOND: self.images_per_second,
             records.BEST_VAL_ACCURACY: self.best_val_accuracy,
@@ -89,74 +111,6 @@ class TrainingResult:
     @property
     def best_val_accuracy(self) -> float:
         return max(self.history.get(records.VAL_ACCURACY, [float("nan")]))
-
-
-# Recipes (RunConfig.recipe): ``faithful`` is the article's training, unchanged.
-# ``improved``: data augmentation, learning rate halved when validation loss stalls, early
-# stopping on validation loss (best weights kept), with BatchNorm statistics recomputed
-# before every validation pass (so the schedule and the stopping react to the model, not to
-# Keras' lagging moving averages), so each head shows how far it goes when trained well.
-
-
-class PreciseBatchNormValidation(keras.callbacks.Callback):
-    """Before each validation pass inside ``fit``, recompute BatchNorm's statistics over
-    ``batches`` training batches (see ``recalibrate_batch_norm``).
-
-    Keras' moving averages lag the weights; validation loss measured with them swings by
-    points from epoch to epoch, and learning-rate schedules and early stopping that watch it
-    act on noise (docs/RESULTS.md, the improved recipe). Training itself is unchanged: in
-    training mode BatchNorm normalises with batch statistics.
-    """
-
-    def __init__(self, dataset, batches: int = 50) -> None:
-        super().__init__()
-        self._dataset = dataset
-        self._batches = batches
-        self._fitting = False
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self._fitting = True
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        self._fitting = False
-
-    def on_test_begin(self, logs: dict | None = None) -> None:
-        if self._fitting:
-            recalibrate_batch_norm(self.model, self._dataset, self._batches)
-
-
-def augmenter(seed: int) -> keras.Sequential:
-    """Random flip, small rotation, zoom and translation (training batches only)."""
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(0.05, fill_mode="nearest", seed=seed + 1),
-            keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 2),
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 3),
-        ],
-        name="augmentation",
-    )
-
-
-def recipe_callbacks(recipe: str, calibration_data=None) -> list[keras.callbacks.Callback]:
-    """The callbacks a recipe adds to ``fit`` (none for the faithful one).
-
-    ``calibration_data`` (unaugmented training batches) lets the improved recipe validate
-    with recalibrated BatchNorm statistics."""
-    if recipe not in RECIPES:  # also called directly by benchmarks, not only via RunConfig
-        raise ValueError(f"unknown recipe {recipe!r}; allowed are {list(RECIPES)}")
-    if recipe == "faithful":
-        return []
-    precise = [] if calibration_data is None else [PreciseBatchNormValidation(calibration_data)]
-    return [
-        *precise,
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=records.VAL_LOSS, factor=0.5, patience=1, min_lr=1e-5
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor=records.VAL_LOSS, patience=3, restore_best_weights=True
-        ),
-    ]
 
 
 def train_model(
@@ -196,9 +150,10 @@ def train_model(
 def build_training_model(
     head: str, seed: int, config: RunConfig, num_classes: int = 2
 ) -> keras.Model:
-    """A fresh, compiled model for (head, seed) with the run's settings (precision resolved:
+    """A fresh model for (head, seed) with the run's settings (precision resolved:
     ``RunConfig.resolved``) and the data's number of classes, in a clean Keras session
-    (earlier models' graphs are freed: peak memory) and seeded random state."""
+    (earlier models' graphs are freed: peak memory) and seeded random state; ``fit_head``
+    compiles it as the recipe trains."""
     keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(seed)
     model = build_model(
@@ -208,8 +163,9 @@ def build_training_model(
         precision=config.precision,
         batch_norm=config.batch_norm,
         num_classes=num_classes,
+        backbone=config.backbone,
     )
-    return compile_model(model, config.learning_rate)
+    return model
 
 
 def fit_head(
@@ -219,13 +175,15 @@ def fit_head(
     cache_dir: str,
     on_epoch: EpochLogger | None = None,
 ) -> TrainingResult:
-    """Train ``model`` (from ``build_training_model``) on the cached train split, validating
-    on the validation split, with the run's recipe; then recompute BatchNorm's statistics
-    over training batches ("precise BN"), so the model that is scored and saved does not
-    carry Keras' lagging moving averages."""
-    train_images, train_labels = load_split(cache_dir, TRAIN_SPLIT)
+    """Compile ``model`` (from ``build_training_model``) as the run's recipe trains, train it
+    on the cached train split (its ``train_fraction``), validating on the validation split;
+    then recompute BatchNorm's statistics over training batches ("precise BN"), so the
+    model that is scored and saved does not carry Keras' lagging moving averages."""
+    train_images, train_labels = load_train(cache_dir, config.train_fraction)
     val_images, val_labels = load_split(cache_dir, records.SELECTION_SPLIT)
-    augment = augmenter(seed) if config.recipe == "improved" else None
+    steps_per_epoch = -(-len(train_labels) // config.batch_size)
+    compile_for_recipe(model, config.recipe, config.learning_rate, steps_per_epoch, config.epochs)
+    augment = augmenter(seed, config.recipe)
     # Unaugmented, in order: what the statistics are computed over (during and after fit).
     calibration = make_dataset(train_images, train_labels, config.batch_size)
     result = train_model(
@@ -248,42 +206,3 @@ def fit_head(
         changed = keras.ops.convert_to_numpy(augment(images, training=True))
         result.augmentation_change = float(abs(changed - images.numpy()).mean())
     return result
-
-
-def recalibrate_batch_norm(model: keras.Model, dataset, max_batches: int = 100) -> int:
-    """Replace BatchNorm's moving statistics by their average over training batches,
-    computed by the trained network as it will be used: BatchNorm in training mode (it
-    measures the batch), dropout off (inference keeps every unit, so the statistics after a
-    dropout layer must be those of the full signal, not of a randomly thinned one).
-
-    Why: Keras tracks the statistics as exponential moving averages with momentum 0.99, an
-    average over roughly the last 100 steps' batches, each computed with the weights of its
-    own step. While the weights still move fast (a short training, or a high learning rate)
-    those averages lag behind the final weights, so inference normalises with statistics of
-    a network that no longer exists. A lagging mean shifts every feature by the same amount;
-    in front of ``gap``'s single logit that is one bias on every photo, which pushes the
-    decisions towards one class (docs/RESULTS.md, precise BatchNorm). A forward pass with
-    momentum (k - 1) / k at batch k makes each statistic the plain mean over the first
-    ``max_batches`` batches ("precise BN"). Weights are untouched. Returns the number of
-    batches used.
-    """
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    if not norms:
-        return 0
-    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
-    momenta = [layer.momentum for layer in norms]
-    rates = [layer.rate for layer in dropouts]
-    used = 0
-    try:
-        for layer in dropouts:  # Dropout.call reads its rate at every (eager) call
-            layer.rate = 0.0
-        for used, (images, _labels) in enumerate(dataset.take(max_batches), start=1):
-            for layer in norms:
-                layer.momentum = (used - 1) / used
-            model(images, training=True)
-    finally:
-        for layer, momentum in zip(norms, momenta, strict=True):
-            layer.momentum = momentum
-        for layer, rate in zip(dropouts, rates, strict=True):
-            layer.rate = rate
-    return used

@@ -75,6 +75,7 @@ class TrainedRun:
     trainable_params: int
     reused: bool = False
     compute_seconds: float = 0.0  # fit + BatchNorm recalibration, this flow run only
+    train_fraction: float = 1.0  # of the training split it trained on (what it is scored on)
 
 
 def peak_memory_mb() -> float:
@@ -169,7 +170,13 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
         model_uri = log_image_model(mlflow_client, run_id, stock, classes, pip_requirements())
     logger.info("%s: %.0f images/s; model %s", job.label, result.images_per_second, model_uri)
     return TrainedRun(
-        job.head, job.seed, run_id, model_uri, params, compute_seconds=result.compute_seconds
+        job.head,
+        job.seed,
+        run_id,
+        model_uri,
+        params,
+        compute_seconds=result.compute_seconds,
+        train_fraction=job.config.train_fraction,
     )
 
 
@@ -186,8 +193,11 @@ def evaluate_cell(
         model = load_logged_model(trained.model_uri)
         label = f"{trained.head} seed {trained.seed}"
         scored = score_cell(
-            model, cache_dir, lambda step: logger.info("%s: scoring %s", label, step)
+            model,
+            cache_dir,
+            lambda step: logger.info("%s: scoring %s", label, step),
+            trained.train_fraction,
         )
         log_metrics(mlflow_client, trained.run_id, scored.metrics)
-        log_predictions(mlflow_client, trained.run_id, scored, cache_dir)
+        log_predictions(mlflow_client, trained.run_id, scored)
     return scored.metrics

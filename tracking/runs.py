@@ -242,18 +242,15 @@ def fetch_result(mlflow_client: MlflowClient, run_id: str) -> records.RunResult:
     return records.RunResult.from_tracked(tracked_run(mlflow_client, run_id))
 
 
-def log_predictions(mlflow_client: MlflowClient, run_id: str, scored, cache_dir: str) -> None:
+def log_predictions(mlflow_client: MlflowClient, run_id: str, scored) -> None:
     """A cell's per-photo predictions by split, with the photos' content ids and labels, and
     its per-photo results on shifted test photos, as the run's ``predictions.npz`` artifact
     (what reports pair cells by, photo by photo)."""
-    from gap_models.data import TRAIN_SPLIT, load_ids, load_split
-
     arrays = {f"{records.SHIFT_ARRAY_PREFIX}{p}": c for p, c in scored.shifts.items()}
     for split, values in scored.predictions.items():
-        name = TRAIN_SPLIT if split == records.TRAIN_SUBSET_SPLIT else split
         arrays[split] = values
-        arrays[f"{records.IDS_PREFIX}{split}"] = load_ids(cache_dir, name)[: len(values)]
-        arrays[f"{records.LABELS_PREFIX}{split}"] = load_split(cache_dir, name)[1][: len(values)]
+        arrays[f"{records.IDS_PREFIX}{split}"] = scored.ids[split]
+        arrays[f"{records.LABELS_PREFIX}{split}"] = scored.labels[split]
     with tempfile.TemporaryDirectory(prefix="compare-heads-predictions-") as scratch:
         path = Path(scratch) / records.PREDICTIONS_ARTIFACT
         np.savez_compressed(path, **arrays)

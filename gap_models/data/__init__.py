@@ -24,6 +24,7 @@ from gap_models.data.cache import (
     default_cache_dir,
     load_ids,
     load_split,
+    load_train,
     local_cache,
     preprocess,
     read_manifest,
@@ -42,6 +43,7 @@ from gap_models.data.selection import (
     ProgressCallback,
     assign_split,
     hash_order,
+    train_indices,
 )
 from gap_models.data.sources import (
     TFDS_CLASS_NAMES,
@@ -85,9 +87,11 @@ __all__ = [
     "list_source",
     "load_ids",
     "load_split",
+    "load_train",
     "local_cache",
     "make_dataset",
     "preprocess",
     "read_manifest",
     "scan_source",
+    "train_indices",
 ]

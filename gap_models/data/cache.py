@@ -24,10 +24,12 @@ import numpy as np
 
 from gap_models.data.selection import (
     SPLIT_NAMES,
+    TRAIN_SPLIT,
     ProgressCallback,
     Selected,
     decode_selected,
     hash_order,
+    train_indices,
 )
 from gap_models.data.sources import DataError, class_names, fingerprint_source, iter_source
 
@@ -242,6 +244,16 @@ def load_split(cache_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     path = Path(cache_dir) / f"images_{name}.npy"
     images = _mapped(str(path.resolve()), path.stat().st_mtime_ns)
     return images, np.load(Path(cache_dir) / f"labels_{name}.npy")
+
+
+def load_train(cache_dir: str | Path, fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The training photos and labels a run with ``train_fraction`` trains on
+    (``selection.train_indices``): the whole memory-mapped split at 1, else a copy."""
+    images, labels = load_split(Path(cache_dir), TRAIN_SPLIT)
+    if fraction == 1:
+        return images, labels
+    kept = train_indices(load_ids(cache_dir, TRAIN_SPLIT), fraction)
+    return images[kept], labels[kept]
 
 
 def load_ids(cache_dir: str | Path, name: str) -> np.ndarray:

@@ -48,6 +48,20 @@ def assign_split(digest: str, split: list[int] | tuple[int, ...]) -> str:
     return "test"
 
 
+def train_indices(ids: np.ndarray, fraction: float) -> np.ndarray:
+    """Positions (ascending, so in cache order) of the training photos a run with
+    ``train_fraction`` uses: the ``round(n * fraction)`` of smallest content id, at least one.
+
+    Content ids are sha256 bits, so this is a uniform random subset, the same on every
+    machine, and nested: the photos of 1/8 are among those of 1/4, and so on."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train_fraction {fraction} must be in (0, 1]")
+    if fraction == 1:
+        return np.arange(len(ids))
+    kept = max(1, round(len(ids) * fraction))
+    return np.sort(np.argsort(ids, kind="stable")[:kept])
+
+
 def hash_order(files: list[SourceFile]) -> HashOrdered:
     """(digest, file) pairs in a content-hash order: deterministic and class-mixed, so a
     1000-image shuffle buffer sees both classes from the first batch.

@@ -260,10 +260,10 @@ REFUSED_BY_THE_SERVER = [  # the flow's parameter schema, RunConfig's types and 
     (
         {"heads": ["gap", "mlp"]},
         "heads[1]",
-        "'mlp' is not one of ['fc', 'fc_dropout', 'gap', 'avgpool']",
+        "'mlp' is not one of ['fc', 'fc_dropout', 'gap', 'avgpool', 'fc_matched', 'gap_matched']",
     ),
     ({"epochs": 0}, "epochs", "0 is less than the minimum of 1"),
-    ({"recipe": "fast"}, "recipe", "'fast' is not one of ['faithful', 'improved']"),
+    ({"recipe": "fast"}, "recipe", "'fast' is not one of ['faithful', 'improved', 'converge']"),
 ]
 # What a schema cannot say: RunConfig refuses it as the run starts, every bad value of the
 # call at once. One flow run through the worker shows the path; tests/unit/test_config.py

@@ -1,4 +1,6 @@
-"""The improved recipe runs through the whole flow and is recorded on every run."""
+"""Issue 22's training settings run through the whole flow and are recorded on every run:
+the convergence recipe, the deep backbone, a capacity-matched head and a training fraction.
+(The improved recipe's callbacks and early stopping: tests/unit/test_training.py.)"""
 
 from __future__ import annotations
 
@@ -6,32 +8,44 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.compare_heads import compare_heads
+from gap_models import records
+from gap_models.data import TRAIN_SPLIT, load_split
 from tests.fixtures import make_pet_images
 
 pytestmark = pytest.mark.integration
 
 
-def test_improved_recipe_is_logged(tmp_path, tracking_uri, prefect_harness):
-    uri = tracking_uri
-    source = str(make_pet_images(tmp_path / "photos", per_class=60, size=32))
+def test_convergence_recipe_on_the_deep_backbone_is_logged(tmp_path, tracking_uri, prefect_harness):
+    source = str(make_pet_images(tmp_path / "photos", per_class=60, size=40))
+    settings = dict(recipe="converge", backbone="deep", train_fraction=0.5)
     summary = compare_heads(
-        source=source, image_size=32, batch_size=16, epochs=2, heads=["gap"], promote=False,
-        recipe="improved",
+        source=source, image_size=32, batch_size=16, epochs=2, heads=["gap_matched"],
+        promote=False, **settings,
     )  # fmt: skip
-    client = MlflowClient(uri)
-    assert client.get_run(summary.parent_run_id).data.params["recipe"] == "improved"
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(summary.parent_run_id).data.params
     (child,) = client.search_runs(
         [summary.experiment_id], f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
     )
-    assert child.data.params["recipe"] == "improved"
-    # It really ran: the recipe's callbacks were inside fit, and the training batches changed.
+    for name, value in settings.items():
+        assert parent[name] == child.data.params[name] == str(value), name
+    # It really ran: the recipe's callbacks were inside fit, the training batches changed,
+    # and it trained on half the training split (scored on photos it trained on).
     assert child.data.params["callbacks"] == (
-        "PreciseBatchNormValidation,ReduceLROnPlateau,EarlyStopping,EpochReporter"
+        "PreciseBatchNormValidation,EarlyStopping,EpochReporter"
     )
-    assert child.data.metrics["augmentation_mean_abs_change"] > 1.0  # pixels of 0-255
-    epochs_run = int(child.data.metrics["epochs_run"])
-    history = client.get_metric_history(child.info.run_id, "val_loss")
-    assert 1 <= epochs_run <= 2 and len(history) == epochs_run
+    assert child.data.metrics[records.AUGMENTATION_CHANGE] > 1.0  # pixels of 0-255
+    assert 1 <= child.data.metrics[records.EPOCHS_TO_BEST] <= 2
+    deep_gap_matched = int(child.data.params[records.TRAINABLE_PARAMS])
+    assert deep_gap_matched > 1_000_000  # the deep trunk's 1.2 M, not the article's 0.7 M
+    cache = summary.cache_dir
+    whole = len(load_split(cache, TRAIN_SPLIT)[1])
+    per_epoch = (
+        child.data.metrics[records.TRAIN_IMAGES_PER_SECOND]
+        * child.data.metrics[records.TRAIN_SECONDS]
+        / child.data.metrics[records.EPOCHS_RUN]
+    )
+    assert per_epoch == pytest.approx(round(whole * 0.5), rel=1e-6)
     assert summary.promotion is None
     with pytest.raises(Exception, match="recipe"):
         compare_heads(source=source, recipe="fast")

@@ -23,7 +23,7 @@ def test_defaults_match_the_spec():
     [
         (
             {"heads": ["gap", "mlp"]},
-            "heads: unknown ['mlp']; allowed are ['fc', 'fc_dropout', 'gap', 'avgpool']",
+            "heads: unknown ['mlp']; allowed are ['fc', 'fc_dropout', 'gap', 'avgpool', 'fc_matched', 'gap_matched']",
         ),
         ({"heads": []}, "heads"),
         ({"epochs": 0}, "epochs"),

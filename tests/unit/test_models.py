@@ -26,6 +26,8 @@ BACKEND_LAYERS = {
     ],
     "gap": ["global_average_pool", "output"],
     "avgpool": ["average_pool_2x2", "flatten", "output"],
+    "fc_matched": ["fc_matched_mix", "flatten", "output"],
+    "gap_matched": ["gap_matched_conv", "gap_matched_bn", "gap_matched_relu", "global_average_pool", "output"],
 }  # fmt: skip
 # Parameter counts at image_size 100, by hand from the article's architecture. Map side:
 # 100 -conv-> 98 -pool-> 49 -conv-> 47 -pool-> 23 -conv-> 21 -pool-> 10: the backbone ends
@@ -51,8 +53,17 @@ BACKEND_LAYERS = {
 #     model  29,152 + 65 = 29,217;  28,896 + 65 = 28,961
 #   avgpool: AveragePooling2D(2x2) -> 5x5x64, Flatten 1,600; output 1,600 + 1 = 1,601
 #     model  29,152 + 1,601 = 30,753;  28,896 + 1,601 = 30,497
-WHOLE_MODEL_PARAMS = {"fc": 705_453, "fc_dropout": 705_453, "gap": 29_217, "avgpool": 30_753}
-TRAINABLE_PARAMS = {"fc": 692_197, "fc_dropout": 692_197, "gap": 28_961, "avgpool": 30_497}
+#   fc_matched: Conv 1x1 64 -> 1 (64 + 1 = 65), Flatten 100, output 100 + 1 = 101
+#     model  29,152 + 166 = 29,318;  28,896 + 166 = 29,062 (gap: 28,961)
+#   gap_matched: width round((102 * 6,400 + 10,500) / (9 * 64 + 4)) = 1,144 maps
+#     conv   3*3*64*1,144 + 1,144     660,088      660,088
+#     bn     4*1,144                    4,576        2,288
+#     output 1,144 + 1                  1,145        1,145
+#     model  29,152 + 665,809 = 694,961;  28,896 + 663,521 = 692,417 (fc: 692,197)
+WHOLE_MODEL_PARAMS = {"fc": 705_453, "fc_dropout": 705_453, "gap": 29_217, "avgpool": 30_753,
+                      "fc_matched": 29_318, "gap_matched": 694_961}  # fmt: skip
+TRAINABLE_PARAMS = {"fc": 692_197, "fc_dropout": 692_197, "gap": 28_961, "avgpool": 30_497,
+                    "fc_matched": 29_062, "gap_matched": 692_417}  # fmt: skip
 
 
 @pytest.mark.parametrize("head", HEAD_NAMES)
@@ -82,6 +93,30 @@ def test_head_output_is_10x10x64_and_output_is_one_sigmoid():
     assert model.get_layer("output").get_config()["activation"] == "sigmoid"
     assert tuple(model.output.shape) == (None, 1)
     assert model.get_layer("backbone_conv1").get_config()["padding"] == "valid"
+
+
+@pytest.mark.parametrize("backbone", ["article", "deep"])
+def test_matched_heads_have_the_other_designs_size_on_every_backbone(backbone):
+    """fc_matched has gap's trainable parameters and gap_matched fc's, within 1 %, whatever
+    the trunk's output map (10x10x64 for the article's, 3x3x256 for the deep one)."""
+    size = {
+        head: trainable_params(build_model(head, 100, backbone=backbone)) for head in HEAD_NAMES
+    }
+    assert size["fc_matched"] == pytest.approx(size["gap"], rel=0.01)
+    assert size["gap_matched"] == pytest.approx(size["fc"], rel=0.01)
+    assert size["gap"] < size["fc"] / 1.2  # the pairs are far apart: matching matters
+
+
+def test_deep_backbone_is_five_same_padded_blocks_ending_3x3x256():
+    model = build_model("gap", image_size=100, backbone="deep")
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 64, 128, 256, 256]
+    assert {c.get_config()["padding"] for c in convs} == {"same"}
+    assert tuple(model.get_layer("backbone_pool5").output.shape) == (None, 3, 3, 256)
+    with pytest.raises(ValueError, match="too small for head 'avgpool' on backbone 'deep'"):
+        build_model("avgpool", image_size=60, backbone="deep")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_model("gap", backbone="resnet")
 
 
 def test_dropout_rate():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from gap_models.architecture import HEAD_NAMES
 from gap_models.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,12 +95,17 @@ def test_the_cli_reports_every_bad_value_naming_its_parameter_and_shows_choices(
     assert result.exit_code == 2
     lines = result.output.splitlines()
     assert "epochs: Input should be greater than or equal to 1" in lines
-    assert "heads: unknown ['mlp']; allowed are ['fc', 'fc_dropout', 'gap', 'avgpool']" in lines
+    assert (
+        "heads: unknown ['mlp']; allowed are ['fc', 'fc_dropout', 'gap', 'avgpool', 'fc_matched', 'gap_matched']"
+        in lines
+    )
     assert any(line.startswith("split.2: Input should be a valid integer") for line in lines)
-    assert "recipe: Input should be 'faithful' or 'improved'" in lines
+    assert "recipe: Input should be 'faithful', 'improved' or 'converge'" in lines
     assert "errors.pydantic.dev" not in result.output
     help_text = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["run", "--help"]).output
-    assert "[faithful|improved]" in help_text and "[auto|mixed_bfloat16|float32]" in help_text
+    assert (
+        "[faithful|improved|converge]" in help_text and "[auto|mixed_bfloat16|float32]" in help_text
+    )
 
 
 def test_the_flow_schema_offers_runconfig_choices_limits_and_help():
@@ -112,11 +118,7 @@ def test_the_flow_schema_offers_runconfig_choices_limits_and_help():
     for name, field in RunConfig.model_fields.items():
         assert properties[name]["description"] == field.description, name
     recipe = properties["recipe"]["anyOf"][0]
-    assert recipe["enum"] == ["faithful", "improved"]
-    assert properties["heads"]["anyOf"][0]["items"]["enum"] == [
-        "fc",
-        "fc_dropout",
-        "gap",
-        "avgpool",
-    ]
+    assert recipe["enum"] == ["faithful", "improved", "converge"]
+    assert properties["heads"]["anyOf"][0]["items"]["enum"] == list(HEAD_NAMES)
+    assert properties["backbone"]["anyOf"][0]["enum"] == ["article", "deep"]
     assert properties["epochs"]["anyOf"][0]["minimum"] == 1

@@ -87,7 +87,7 @@ def test_summary_rows_average_seeds_and_figures_draw():
 
 
 def test_improved_recipe_augments_and_stops_early():
-    from gap_models.training import augmenter, recipe_callbacks
+    from gap_models.recipes import augmenter, recipe_callbacks
 
     assert recipe_callbacks("faithful") == []
     names = {type(c).__name__ for c in recipe_callbacks("improved")}
@@ -106,7 +106,7 @@ def test_early_stopping_ends_the_run_before_the_epoch_limit():
     """Validation labels are the training labels inverted: the better the model fits, the
     worse validation gets, so validation loss stops improving at once and the improved
     recipe's early stopping (patience 3) ends the fit long before the limit."""
-    from gap_models.training import recipe_callbacks
+    from gap_models.recipes import recipe_callbacks
 
     images, labels = _tiny_set(48, size=32)
     epoch_limit = 20
@@ -137,7 +137,7 @@ def test_early_stopping_ends_the_run_before_the_epoch_limit():
 def test_precise_batch_norm_replaces_lagging_moving_statistics():
     """A fresh layer's moving averages sit at their start (0, 1); after recalibration they
     equal the mean of the batch statistics."""
-    from gap_models.training import recalibrate_batch_norm
+    from gap_models.recipes import recalibrate_batch_norm
 
     images, labels = _tiny_set(64)
     model = build_model("gap", image_size=40, seed=0)
@@ -156,7 +156,7 @@ def test_precise_batch_norm_measures_the_network_with_dropout_off():
     """The statistics of the BatchNorm after fc_dropout's dropout are those of the full
     signal that inference sees (BatchNorm measuring the batch, dropout keeping every unit),
     not of a randomly thinned one: their variance would be about twice as large."""
-    from gap_models.training import recalibrate_batch_norm
+    from gap_models.recipes import recalibrate_batch_norm
 
     images, labels = _tiny_set(48)
     model = build_model("fc_dropout", image_size=40, seed=0)
@@ -179,7 +179,7 @@ def test_precise_batch_norm_measures_the_network_with_dropout_off():
 def test_improved_recipe_validates_with_recalibrated_batch_norm():
     """Inside fit, validation sees BatchNorm statistics recomputed from training batches;
     without the callback they are still near their start after two steps."""
-    from gap_models.training import PreciseBatchNormValidation
+    from gap_models.recipes import PreciseBatchNormValidation
 
     images, labels = _tiny_set(64)
 
