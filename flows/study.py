@@ -12,117 +12,44 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from gap_models import records
-from gap_models.data import TRAIN_SPLIT, cache_key, fingerprint_source, load_ids, load_split
+from gap_models.data import TRAIN_SPLIT, load_ids, load_split
 from gap_models.evaluation import PREDICTION_SPLITS, TRAIN_SUBSET
 from gap_models.hardware import detect
 from gap_models.provenance import code_version
-from gap_models.studies import Cell, Study, load_study
+from gap_models.studies import Study, load_study
 from gap_models.study_records import (
     CellRecord,
     DataFile,
     data_path,
     find_record_by_key,
-    read_data_file,
     read_record,
     record_path,
-    records_dir,
     write_json_atomically,
+)
+from gap_models.study_state import (
+    PRIOR_IMAGES_PER_SECOND,
+    CellState,
+    cell_states,
+    estimate_seconds,
+    seconds_per_flop,
+    train_images,
 )
 from tracking.runs import repo_root
 
-PRIOR_IMAGES_PER_SECOND = 60.0
-"""Before this CPU has trained any cell of a study: the slowest rate measured on these
-machines (float32 on an AVX2-only CPU), so a first estimate errs long, not short."""
 Say = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class CellState:
-    """A cell and where it stands: done (a record with its key), stale (a record with
-    another key: older code or data), or missing."""
-
-    cell: Cell
-    key: str
-    data: str
-    state: str
-
-    @property
-    def epochs(self) -> int:
-        return self.cell.config().epochs
-
-
-def cell_states(root: Path, study: Study) -> list[CellState]:
-    """Every cell of the study in priority order, with its state."""
-    version, fingerprints, states = code_version(), {}, []
-    for cell in study.cells(root):
-        config = cell.config()
-        if cell.source not in fingerprints:
-            fingerprints[cell.source] = fingerprint_source(cell.source)
-        data = cache_key(
-            fingerprints[cell.source], config.image_size, config.split, config.max_images
-        )
-        key = cell.key(data, version)
-        record = read_record(record_path(root, study.name, cell.file_stem))
-        state = "missing" if record is None else ("done" if record.key == key else "stale")
-        states.append(CellState(cell, key, data, state))
-    return states
-
-
-def _same_cpu(machine: dict[str, str]) -> bool:
-    here = detect()
-    return (
-        machine.get(records.CPU_MODEL) == here.cpu_model
-        and machine.get(records.CPU_FLAGS) == here.reported_flags()
-    )
-
-
-def seconds_per_image_epoch(root: Path, study: Study, precision: str | None = None) -> float | None:
-    """Median wall seconds per training image and epoch of this study's records trained on a
-    CPU like this one (same model and flags), the whole cell included; of the cells in the
-    same precision when there are any (bfloat16 and float32 differ by up to 3.5x). None:
-    no such record yet."""
-    rates: dict[str, list[float]] = {}
-    for path in sorted(records_dir(root, study.name).glob("*.json")):
-        if path.name.startswith("data-"):
-            continue
-        record = read_record(path)
-        work = record.train_images * len(record.result.epoch_seconds)
-        if _same_cpu(record.machine) and work:
-            kind = record.settings.get("precision", "")
-            rates.setdefault(kind, []).append(record.cell_seconds / work)
-    chosen = rates.get(precision) or [rate for group in rates.values() for rate in group]
-    return statistics.median(chosen) if chosen else None
-
-
-def _train_images(root: Path, study: Study, data: str) -> int | None:
-    path = data_path(root, study.name, data)
-    return read_data_file(path).train_images if path.is_file() else None
-
-
-def estimate_seconds(root: Path, study: Study, state: CellState, rate: float | None) -> float:
-    """Expected wall seconds of one cell on this CPU: this CPU's measured rate, or before any
-    measurement the slowest rate seen on these machines."""
-    images = _train_images(root, study, state.data)
-    if images is None:  # data not prepared here yet: the declared split of the source's size
-        images = 20_000
-    if rate is None:
-        return images * state.epochs / PRIOR_IMAGES_PER_SECOND * 1.3
-    return images * state.epochs * rate
 
 
 def status_lines(root: Path, name: str) -> tuple[list[str], list[CellState]]:
     """``compare-heads study status``: one line per cell and a summary with the time left."""
     study = load_study(root, name)
     states = cell_states(root, study)
-    rate = seconds_per_image_epoch(root, study)
+    rate = seconds_per_flop(root)
     lines = [f"study {name}: {study.description}"]
     remaining = 0.0
     for state in states:
@@ -131,14 +58,15 @@ def status_lines(root: Path, name: str) -> tuple[list[str], list[CellState]]:
         if elsewhere is not None:  # copied, not trained, when `study run` reaches it
             extra = f"  recorded in {elsewhere.parent.parent.name}: copied by `study run`"
         elif state.state != "done":
-            own = seconds_per_image_epoch(root, study, state.cell.settings.get("precision"))
+            own = seconds_per_flop(root, state.cell.settings.get("precision"))
             seconds = estimate_seconds(root, study, state, own)
             remaining += seconds
             extra = f"  ~{seconds / 60:.0f} min"
         lines.append(f"  {state.state:8} {state.cell.arm} seed {state.cell.seed}{extra}")
     counts = {s: sum(1 for x in states if x.state == s) for s in ("done", "missing", "stale")}
     basis = (
-        f"this CPU's measured rate ({1 / rate:.0f} training images x epochs per wall second)"
+        f"this CPU's measured rate: {1 / rate / 1e9:.1f} GFLOP/s of forward passes over "
+        "training images, whole cells included"
         if rate
         else f"no cell trained on this CPU yet: assumed {PRIOR_IMAGES_PER_SECOND:.0f} images/s"
     )
@@ -181,6 +109,8 @@ def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
     tracked = runs.tracked_run(client, run_id)
     predictions = runs.fetch_predictions(client, run_id)
     here = detect()
+    subset = records.TRAIN_SUBSET_SPLIT
+    own = config.train_fraction < 1  # trained (and scored) on its own part of the split
     record = CellRecord(
         study=study.name,
         arm=state.cell.arm,
@@ -199,7 +129,7 @@ def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
             if name.startswith(records.SHIFT_ARRAY_PREFIX)
         },
         flops_per_image=int(float(tracked.params[records.FLOPS_PER_IMAGE])),
-        train_images=_train_images(root, study, state.data) or 0,
+        train_images=round((train_images(root, study, state.data) or 0) * config.train_fraction),
         # An adopted run (trained by a killed attempt) took its own time, not this wait.
         cell_seconds=(
             tracked.metrics[records.TRAIN_SECONDS]
@@ -213,6 +143,8 @@ def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
             if k.startswith((records.TRAIN_SUBSET_PREFIX, records.FINAL_VAL_PREFIX))
         },
         recorded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        own_ids={subset: predictions[f"{records.IDS_PREFIX}{subset}"]} if own else {},
+        own_labels={subset: predictions[f"{records.LABELS_PREFIX}{subset}"]} if own else {},
     )
     write_json_atomically(record_path(root, study.name, state.cell.file_stem), record.to_json())
     say(f"recorded {state.cell.arm} seed {state.cell.seed} ({record.cell_seconds / 60:.1f} min)")
@@ -237,7 +169,7 @@ def run_study(name: str, budget_minutes: float | None = None, root: Path | None 
             say(f"reused {state.cell.arm} seed {state.cell.seed} from {existing}")
             continue
         if deadline is not None:
-            own = seconds_per_image_epoch(root, study, state.cell.settings.get("precision"))
+            own = seconds_per_flop(root, state.cell.settings.get("precision"))
             needed = estimate_seconds(root, study, state, own)
             left = deadline - time.monotonic()
             if needed > left:

@@ -105,7 +105,8 @@ def from_records(title: str, cell_records: list, data_files: dict, arms_order: l
             data = data_files[record.data]
             class_names = data.class_names
             arm = arms.setdefault(name, Arm(name, record.head))
-            arm.add(record.seed, record.result, record.predictions, data.labels, record.shifts)
+            labels = record.labels(data)
+            arm.add(record.seed, record.result, record.predictions, labels, record.shifts)
     return Evidence(title, arms, class_names, missing or [])
 
 

@@ -110,6 +110,14 @@ class CellRecord:
     cell_seconds: float = 0.0  # wall time of the whole cell: flow, training, scoring
     extra_metrics: dict[str, float] = field(default_factory=dict)  # train_subset_*, final_val_*
     recorded_at: str = ""
+    # Photos of a split that differ from the data file's: the training subset of a cell
+    # trained on part of the training split (train_fraction < 1). Split -> ids, labels.
+    own_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    own_labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def labels(self, data: DataFile) -> dict[str, np.ndarray]:
+        """Per split, the labels of the photos this cell's predictions are of."""
+        return {**data.labels, **self.own_labels}
 
     def to_json(self) -> dict:
         tracked = self.result.to_tracked()
@@ -136,6 +144,14 @@ class CellRecord:
             "train_images": self.train_images,
             "cell_seconds": round(self.cell_seconds, 3),
             "recorded_at": self.recorded_at,
+            **(
+                {
+                    "own_ids": {s: encode_array(v, "uint64") for s, v in self.own_ids.items()},
+                    "own_labels": {s: encode_array(v, "uint8") for s, v in self.own_labels.items()},
+                }
+                if self.own_ids
+                else {}
+            ),
         }
 
     @classmethod
@@ -168,6 +184,11 @@ class CellRecord:
             cell_seconds=content["cell_seconds"],
             extra_metrics=content["metrics"],
             recorded_at=content["recorded_at"],
+            own_ids={s: decode_array(v) for s, v in content.get("own_ids", {}).items()},
+            own_labels={
+                s: decode_array(v).astype(np.int64)
+                for s, v in content.get("own_labels", {}).items()
+            },
         )
 
 

@@ -90,6 +90,28 @@ def test_records_round_trip_and_stay_small(tmp_path):
     assert path.stat().st_size < 20_000
 
 
+def test_a_record_of_part_of_the_training_split_keeps_its_own_training_photos(tmp_path):
+    """A train_fraction < 1 cell was scored on training photos of its own part: its record
+    carries their ids and labels, and the evidence pairs its predictions with those."""
+    from gap_models.evidence import from_records
+    from gap_models.study_records import read_data_file
+
+    _write_study(tmp_path)
+    path = record_path(tmp_path, "synthetic", "gap-seed1")
+    record = read_record(path)
+    data = read_data_file(data_path(tmp_path, "synthetic", "d1"))
+    own = (1 - data.labels["train_subset"])[:120]
+    record.own_ids = {"train_subset": data.ids["train_subset"][:120]}
+    record.own_labels = {"train_subset": own}
+    record.predictions["train_subset"] = own.astype(np.float32)  # right on every photo
+    write_json_atomically(path, record.to_json())
+    again = read_record(path)
+    np.testing.assert_array_equal(again.labels(data)["train_subset"], own)
+    np.testing.assert_array_equal(again.labels(data)["test"], data.labels["test"])
+    evidence = from_records("t", [again], {"d1": data}, ["gap"])
+    assert evidence.arms["gap"].correct["train_subset"][0].tolist() == [1] * 120
+
+
 def test_a_study_renders_and_a_hand_edit_is_caught(tmp_path):
     _write_study(tmp_path)
     section, figures = render(tmp_path, "synthetic", "studies/synthetic")

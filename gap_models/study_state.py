@@ -1,0 +1,112 @@
+"""Where a study stands: each cell's state (done, stale, missing) and how long the cells
+left would take on this CPU, from every study's records trained on a CPU like it."""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from gap_models import records
+from gap_models.data import cache_key, fingerprint_source
+from gap_models.hardware import detect
+from gap_models.provenance import code_version
+from gap_models.studies import STUDIES_DIR, Cell, Study
+from gap_models.study_records import data_path, read_data_file, read_record, record_path
+
+PRIOR_IMAGES_PER_SECOND = 60.0
+"""Before this CPU has trained any cell of a study: the slowest rate measured on these
+machines (float32 on an AVX2-only CPU), so a first estimate errs long, not short."""
+
+
+@dataclass(frozen=True)
+class CellState:
+    """A cell and where it stands: done (a record with its key), stale (a record with
+    another key: older code or data), or missing."""
+
+    cell: Cell
+    key: str
+    data: str
+    state: str
+
+    @property
+    def epochs(self) -> int:
+        return self.cell.config().epochs
+
+
+def cell_states(root: Path, study: Study) -> list[CellState]:
+    """Every cell of the study in priority order, with its state."""
+    version, fingerprints, states = code_version(), {}, []
+    for cell in study.cells(root):
+        config = cell.config()
+        if cell.source not in fingerprints:
+            fingerprints[cell.source] = fingerprint_source(cell.source)
+        data = cache_key(
+            fingerprints[cell.source], config.image_size, config.split, config.max_images
+        )
+        key = cell.key(data, version)
+        record = read_record(record_path(root, study.name, cell.file_stem))
+        state = "missing" if record is None else ("done" if record.key == key else "stale")
+        states.append(CellState(cell, key, data, state))
+    return states
+
+
+def _same_cpu(machine: dict[str, str]) -> bool:
+    here = detect()
+    return (
+        machine.get(records.CPU_MODEL) == here.cpu_model
+        and machine.get(records.CPU_FLAGS) == here.reported_flags()
+    )
+
+
+PRIOR_FLOPS_PER_IMAGE = 75e6
+"""The article's fc model at 100 px, whose speed ``PRIOR_IMAGES_PER_SECOND`` is."""
+
+
+def seconds_per_flop(root: Path, precision: str | None = None) -> float | None:
+    """Median wall seconds per training image, epoch and forward FLOP of every study's
+    records trained on a CPU like this one (same model and flags), the whole cell included;
+    of the cells in the same precision when there are any (bfloat16 and float32 differ by up
+    to 3.5x). Per FLOP, so a record of one model sizes a cell of another (a deeper trunk, a
+    wider head, smaller photos). None: no such record yet."""
+    rates: dict[str, list[float]] = {}
+    for path in sorted((root / STUDIES_DIR).glob("*/records/*.json")):
+        if path.name.startswith("data-"):
+            continue
+        record = read_record(path)
+        work = record.train_images * len(record.result.epoch_seconds) * record.flops_per_image
+        if _same_cpu(record.machine) and work:
+            kind = record.settings.get("precision", "")
+            rates.setdefault(kind, []).append(record.cell_seconds / work)
+    chosen = rates.get(precision) or [rate for group in rates.values() for rate in group]
+    return statistics.median(chosen) if chosen else None
+
+
+@functools.cache
+def _cell_flops(head: str, image_size: int, backbone: str) -> int:
+    from gap_models.models import build_model, flops_per_image
+
+    return flops_per_image(build_model(head, image_size, backbone=backbone))
+
+
+def train_images(root: Path, study: Study, data: str) -> int | None:
+    path = data_path(root, study.name, data)
+    return read_data_file(path).train_images if path.is_file() else None
+
+
+def estimate_seconds(root: Path, study: Study, state: CellState, rate: float | None) -> float:
+    """Expected wall seconds of one cell on this CPU at its epoch limit (early stopping only
+    shortens it): this CPU's measured seconds per FLOP (``seconds_per_flop``) times the
+    cell's training images, epochs and FLOPs per image; before any measurement, the slowest
+    rate seen on these machines."""
+    images = train_images(root, study, state.data)
+    if images is None:  # data not prepared here yet: the declared split of the source's size
+        images = 20_000
+    config = state.cell.config()
+    images = max(1, round(images * config.train_fraction))
+    flops = _cell_flops(state.cell.head, config.image_size, config.backbone)
+    if rate is None:
+        prior = 1.3 / (PRIOR_IMAGES_PER_SECOND * PRIOR_FLOPS_PER_IMAGE)
+        return images * state.epochs * flops * prior
+    return images * state.epochs * flops * rate
