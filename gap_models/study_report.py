@@ -37,17 +37,29 @@ def _design(study) -> str:
     return f"Grid: {grid}. Data: `{study.source}`."
 
 
-def _provenance(cell_records) -> str:
+def _provenance(cell_records, name: str) -> str:
+    """Where, when and by which code the cells were trained; records of another code
+    version than today's are named stale (the section changes when the code does)."""
+    from gap_models.provenance import code_version
+
     machines = Counter(
         f"{r.machine[records.CPU_MODEL]} ({r.machine[records.CPU_FLAGS]})" for r in cell_records
     )
     versions = sorted({r.code_version for r in cell_records})
     dates = sorted(r.recorded_at[:10] for r in cell_records)
     trained = "; ".join(f"{count} on {machine}" for machine, count in sorted(machines.items()))
-    return (
+    text = (
         f"Cells trained: {trained}; code version {', '.join(versions)}; recorded "
         f"{dates[0]} to {dates[-1]}."
     )
+    stale = sum(1 for r in cell_records if r.code_version != code_version())
+    if stale:
+        text += (
+            f" **{stale} of these {len(cell_records)} records are stale**: trained by an older "
+            f"version of the training code than today's ({code_version()}); "
+            f"`compare-heads study run {name}` trains them again."
+        )
+    return text
 
 
 def render(
@@ -76,7 +88,7 @@ def render(
     links = [f"![{file}]({figure_folder}/{file})" for file in files]
     body = [
         *heading,
-        _provenance(present),
+        _provenance(present, name),
         f"Reproduce: `compare-heads study run {name}` (trains what is missing), then "
         f"`compare-heads study report {name}`.",
         "",

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.compare_heads import compare_heads
-from gap_models import HEAD_NAMES
+from gap_models.architecture import ARTICLE_HEADS
 from gap_models.data import load_split
 from gap_models.hardware import detect, resolve_precision
 from gap_models.predict import classify_files
@@ -37,7 +37,7 @@ PLOTS = (
     "roc_curves.png",
     "misclassified.png",
 )
-PARAMS = dict(image_size=40, batch_size=16, epochs=EPOCHS, heads=list(HEAD_NAMES), seeds=SEEDS)
+PARAMS = dict(image_size=40, batch_size=16, epochs=EPOCHS, heads=list(ARTICLE_HEADS), seeds=SEEDS)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_parent_run_has_the_time_breakdown(flow_result):
 def test_one_child_per_head_with_spec_params_and_metrics(flow_result):
     summary, client, _ = flow_result
     runs = child_runs(client, summary.experiment_id, summary.parent_run_id)
-    assert sorted(runs) == sorted((head, seed) for head in HEAD_NAMES for seed in SEEDS)
+    assert sorted(runs) == sorted((head, seed) for head in ARTICLE_HEADS for seed in SEEDS)
     expected_params = {"fc": 692197, "fc_dropout": 692197, "gap": 28961, "avgpool": 30497}
     for (head, seed), run in runs.items():
         assert run.info.status == "FINISHED"
@@ -182,7 +182,7 @@ def test_plots_and_tables_written_locally(flow_result):
         assert (out / "plots" / name).stat().st_size > 5_000, name
     table = (out / "summary.csv").read_text().splitlines()
     assert table[0].startswith("head,seeds,trainable_params,final_val_accuracy,test_accuracy")
-    assert [line.split(",")[0] for line in table[1:]] == list(HEAD_NAMES)
+    assert [line.split(",")[0] for line in table[1:]] == list(ARTICLE_HEADS)
     report = (out / "report.md").read_text()
     assert "two-level bootstrap (seeds, then photos" in report
     assert "| fc - gap | 2 x " in report and "Holm" in report
