@@ -33,7 +33,7 @@ from gap_models.provenance import code_version
 from tasks.compare import compare_runs
 from tasks.data import download, preprocess, record_data
 from tasks.plan import plan_retraining, rescore_champion
-from tasks.promote import promote_best
+from tasks.promote import promote_best, start_serving_check
 from tracking import recovery, runs
 from tracking.cells import TrainedRun, peak_memory_mb, reused_run
 from tracking.registry import Promotion, check_classes, registered_model_name
@@ -189,6 +189,8 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
         outcome.trained.compute_seconds + outcome.scores.get(records.EVALUATE_SECONDS, 0.0)
         for outcome in outcomes
     )
+    # The candidate's fresh-process load check runs on while the comparison is drawn.
+    serving = start_serving_check(trained_runs) if config.promote else None
     with phases("compare"):
         report, markdown, results = compare_runs(
             trained_runs, experiment_id, parent_id, str(output_dir), prepared.cache_dir
@@ -198,8 +200,9 @@ def _compare(config: RunConfig, client, experiment_id: str, parent_id: str, outp
         with phases("promote"):
             name = registered_model_name(config, prepared.class_names)
             promotion = promote_best(
-                results, report.best_head, prepared.cache_dir, parent_id, name, plan.reasons
-            )
+                results, report.best_head, prepared.cache_dir, parent_id, name, plan.reasons,
+                serving,
+            )  # fmt: skip
     return ComparisonResult(
         parent_run_id=parent_id,
         experiment_id=experiment_id,

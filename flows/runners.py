@@ -91,13 +91,17 @@ def _worker_settings() -> dict[str, str]:
     return {name: "set" for name in WORKER_SETTINGS if os.environ.get(name)}
 
 
-def check_remote_workers(address: str, timeout: float = 30) -> None:
+CONNECT_SECONDS = 30.0
+"""How long a flow run waits for the Dask scheduler of COMPARE_HEADS_DASK_ADDRESS to answer."""
+
+
+def check_remote_workers(address: str) -> None:
     """Fail before any model is submitted when the scheduler is unreachable, has no
     workers, or a worker lacks the Prefect API or MLflow tracking URI."""
     from distributed import Client
 
     try:
-        client = Client(address, timeout=timeout, set_as_default=False)
+        client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
     except OSError as error:
         raise ConnectionError(
             f"{DASK_ADDRESS_ENV}={address}: no Dask scheduler answers there ({error}); start "

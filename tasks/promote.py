@@ -18,9 +18,11 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from gap_models.records import RunResult
-from gap_models.results import best_seed
+from gap_models.results import best_head, best_seed, summarize
 from tasks import run_logger
-from tracking import registry
+from tracking import registry, runs
+from tracking.cells import TrainedRun
+from tracking.logged_model import ServingCheck
 from tracking.registry import Promotion
 from tracking.runs import client
 
@@ -44,27 +46,39 @@ def ensure_promotion_limit() -> None:
             )
 
 
+def start_serving_check(trained_runs: list[TrainedRun]) -> ServingCheck:
+    """The fresh-process load check of the model promotion will weigh (the best head's best
+    seed, both on validation, as ``promote_best`` chooses), started now: it loads while the
+    comparison is drawn, instead of after it."""
+    mlflow_client = client()
+    results = [runs.fetch_result(mlflow_client, trained.run_id) for trained in trained_runs]
+    return ServingCheck(best_seed(results, best_head(summarize(results))).model_uri)
+
+
 @task(name="promote", cache_policy=NONE)
 def promote_best(
     results: list[RunResult],
-    best_head: str,
+    head: str,
     cache_dir: str,
     parent_run_id: str,
     name: str,
     reasons: list[str] | None = None,
+    serving: ServingCheck | None = None,
 ) -> Promotion:
     """Register the best head's best seed (both chosen on validation) as challenger in
     ``name``, tagged with why it was trained; promote it if it beats the champion on this
-    run's validation split."""
+    run's validation split (``serving``: its fresh-process check, if already started)."""
     logger = run_logger()
     mlflow_client = client()
-    candidate = best_seed(results, best_head)
+    candidate = best_seed(results, head)
     ensure_promotion_limit()
     logger.info("Waiting for the promotion slot (%s)", PROMOTION_LIMIT)
     with concurrency(
         PROMOTION_LIMIT, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS
     ):
-        promotion = registry.decide(mlflow_client, name, candidate, cache_dir, tuple(reasons or ()))
+        promotion = registry.decide(
+            mlflow_client, name, candidate, cache_dir, tuple(reasons or ()), serving
+        )
     registry.record(mlflow_client, parent_run_id, promotion)
     create_markdown_artifact(
         key="compare-heads-promotion",

@@ -132,22 +132,46 @@ print("serves:", table["label"].iloc[0])
 """
 
 
+class ServingCheck:
+    """``serving_problem``, started now and answered later: the fresh process loads the
+    model while the caller goes on (the flow draws its report meanwhile)."""
+
+    def __init__(self, model_uri: str) -> None:
+        import subprocess
+        import sys
+
+        self.model_uri = model_uri
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _SERVE_CHECK, model_uri], env=env, cwd=tempfile.gettempdir(),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self._answer: tuple[str | None] | None = None
+
+    def problem(self) -> str | None:
+        """None when the model loaded and predicted, else what went wrong (the last lines
+        of the fresh process's output); waits at most ``SERVE_CHECK_SECONDS``."""
+        import subprocess
+
+        if self._answer is None:
+            try:
+                output, _ = self._process.communicate(timeout=SERVE_CHECK_SECONDS)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.communicate()
+                message = (
+                    f"loading {self.model_uri} in a fresh process took over {SERVE_CHECK_SECONDS} s"
+                )
+                self._answer = (message,)
+                return message
+            tail = "\n".join(output.strip().splitlines()[-5:])
+            failed = f"{self.model_uri} does not load and predict in a fresh process: {tail}"
+            self._answer = (None if self._process.returncode == 0 else failed,)
+        return self._answer[0]
+
+
 def serving_problem(model_uri: str) -> str | None:
     """Load the logged model with ``mlflow.pyfunc`` in a fresh Python process (nothing of
     this one imported, as ``mlflow models serve`` loads it) and classify one photo; None when
     that works, else what went wrong (the last lines of its output)."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", _SERVE_CHECK, model_uri], env=env, cwd=tempfile.gettempdir(),
-            capture_output=True, text=True, timeout=SERVE_CHECK_SECONDS,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return f"loading {model_uri} in a fresh process took over {SERVE_CHECK_SECONDS} s"
-    if done.returncode == 0:
-        return None
-    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
-    return f"{model_uri} does not load and predict in a fresh process: {tail}"
+    return ServingCheck(model_uri).problem()

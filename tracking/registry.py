@@ -25,7 +25,12 @@ from gap_models.data import cached_class_names
 from gap_models.evaluation import evaluate_model, predict_probabilities
 from gap_models.gate import judge, validation_inputs
 from gap_models.records import RunResult
-from tracking.logged_model import load_logged_model, logged_class_names, serving_problem
+from tracking.logged_model import (
+    ServingCheck,
+    load_logged_model,
+    logged_class_names,
+    serving_problem,
+)
 from tracking.runs import log_metrics
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -109,9 +114,10 @@ def check_classes(client, name: str, classes: tuple[str, ...]) -> None:
         )
 
 
-def _gate(client, name: str, candidate: RunResult, cache_dir: str, champion):
+def _gate(client, name: str, candidate: RunResult, cache_dir: str, champion, serving):
     """(promote?, why, the gate's decision or None without a champion): the gate of
-    ``gap_models.gate`` on this run's validation photos, then the fresh-process load check."""
+    ``gap_models.gate`` on this run's validation photos, then the fresh-process load check
+    (``serving``, when one was started early for this candidate)."""
     decision = None
     if champion is not None:
         classes = cached_class_names(cache_dir)
@@ -128,7 +134,10 @@ def _gate(client, name: str, candidate: RunResult, cache_dir: str, champion):
         )
         if not decision.promote:
             return False, decision.reason, decision
-    problem = serving_problem(candidate.model_uri)
+    if serving is not None and serving.model_uri == candidate.model_uri:
+        problem = serving.problem()
+    else:
+        problem = serving_problem(candidate.model_uri)
     if problem is not None:
         return False, problem, decision
     reason = decision.reason if decision else "no champion yet"
@@ -136,14 +145,19 @@ def _gate(client, name: str, candidate: RunResult, cache_dir: str, champion):
 
 
 def decide(
-    client, name: str, candidate: RunResult, cache_dir: str, reasons: tuple[str, ...] = ()
+    client,
+    name: str,
+    candidate: RunResult,
+    cache_dir: str,
+    reasons: tuple[str, ...] = (),
+    serving: ServingCheck | None = None,
 ) -> Promotion:
     """Register the candidate as challenger and promote it if it passes the gate against the
     current champion (``gap_models.gate``: both scored on this run's validation photos). The
     version records its validation and test accuracy, why it was trained (the retraining
     plan's reasons) and why it was promoted or kept (with the paired test's p-value)."""
     champion = current_champion(client, name)
-    promote, reason, gate = _gate(client, name, candidate, cache_dir, champion)
+    promote, reason, gate = _gate(client, name, candidate, cache_dir, champion, serving)
     p_value = gate.p_value if gate else None
     version = _register(client, name, candidate)
     tags = {

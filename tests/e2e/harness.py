@@ -210,6 +210,9 @@ def start_services(home: Path, extra_env: dict[str, str] | None = None) -> Itera
             "PREFECT_HOME": str(home / "services" / "prefect"),
             "PREFECT_API_URL": f"{prefect_url}/api",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # The worker looks for flow runs every 2 s (Prefect's default: 10): the tier
+            # waits on it for every deployment run.
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
             "MLFLOW_TRACKING_URI": mlflow_url,
             **extra_env,
         }

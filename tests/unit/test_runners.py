@@ -46,6 +46,7 @@ def test_an_unreachable_scheduler_fails_naming_the_setting(config, monkeypatch):
     from tests.e2e.harness import free_port
 
     monkeypatch.setenv(runners.DASK_ADDRESS_ENV, f"tcp://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(runners, "CONNECT_SECONDS", 3.0)  # nothing listens: no need to wait 30
     with pytest.raises(ConnectionError, match=runners.DASK_ADDRESS_ENV):
         runners.placement(config, "http://127.0.0.1:1/api", "sqlite:///x.db")
 
