@@ -65,7 +65,9 @@ def plot_accuracies(analysis: Analysis) -> Figure:
 
 
 def plot_curves(analysis: Analysis) -> Figure:
-    """Validation accuracy per epoch (BatchNorm as Keras tracked it), per arm over seeds."""
+    """Validation accuracy per epoch, per arm over seeds: with BatchNorm statistics as
+    Keras tracked them (the faithful recipe), or recomputed before each validation pass
+    (the other recipes: precise BatchNorm)."""
     figure = Figure(figsize=(8, 5), layout="constrained")
     axes = figure.add_subplot()
     for index, (name, arm) in enumerate(analysis.evidence.arms.items()):
@@ -75,8 +77,10 @@ def plot_curves(analysis: Analysis) -> Figure:
         _mean_with_band(
             axes, np.arange(1, length + 1), values, _colour(analysis, name, index), name
         )
-    _finish(axes, "Validation accuracy per epoch (mean, band: min-max over seeds)", "epoch",
-            "validation accuracy")  # fmt: skip
+    recipes = {arm.settings.get("recipe", "faithful") for arm in analysis.evidence.arms.values()}
+    batch_norm = "precise BatchNorm" if "faithful" not in recipes else "Keras' BatchNorm"
+    _finish(axes, f"Validation accuracy per epoch ({batch_norm}; mean, band: min-max over "
+            "seeds)", "epoch", "validation accuracy")  # fmt: skip
     return figure
 
 
@@ -120,6 +124,45 @@ def plot_speed(analysis: Analysis) -> Figure:
     return figure
 
 
+def plot_learning_curve(analysis: Analysis) -> Figure:
+    """Test accuracy (95% interval) against the share of the training split, one line per
+    head (arms that differ in ``train_fraction``)."""
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    axes = figure.add_subplot()
+    by_head: dict[str, list] = {}
+    for summary in analysis.arms:
+        arm = analysis.evidence.arms[summary.arm]
+        by_head.setdefault(arm.head, []).append((arm.settings.get("train_fraction", 1.0), summary))
+    for head, points in by_head.items():
+        points.sort(key=lambda point: point[0])
+        fractions = np.array([fraction for fraction, _ in points])
+        value, low, high = (np.array([100 * s.test[k] for _, s in points]) for k in range(3))
+        colour = HEADS[head].colour
+        axes.errorbar(fractions, value, yerr=[value - low, high - value], fmt="-o", capsize=4,
+                      color=colour, label=head)  # fmt: skip
+    axes.set_xscale("log", base=2)
+    fractions = sorted({f for points in by_head.values() for f, _ in points})
+    axes.set_xticks(fractions, [f"{f:g}" for f in fractions])
+    _finish(axes, "Learning curve: test accuracy, 95% intervals", "share of the training split",
+            "test accuracy (%)", integer_x=False)  # fmt: skip
+    return figure
+
+
+def plot_capacity(analysis: Analysis) -> Figure:
+    """Test accuracy (95% interval) against trainable parameters (log scale), per arm."""
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    axes = figure.add_subplot()
+    for index, summary in enumerate(analysis.arms):
+        value, low, high = (100 * x for x in summary.test)
+        axes.errorbar(summary.trainable_params, value, yerr=[[value - low], [high - value]],
+                      fmt="o", capsize=4, color=_colour(analysis, summary.arm, index),
+                      label=summary.arm)  # fmt: skip
+    axes.set_xscale("log")
+    _finish(axes, "Accuracy against capacity (95% intervals)", "trainable parameters",
+            "test accuracy (%)", integer_x=False)  # fmt: skip
+    return figure
+
+
 FIGURES = {
     "forest": plot_forest,
     "accuracies": plot_accuracies,
@@ -127,4 +170,6 @@ FIGURES = {
     "overfitting": plot_overfitting,
     "translation": plot_translation,
     "speed": plot_speed,
+    "learning_curve": plot_learning_curve,
+    "capacity": plot_capacity,
 }

@@ -42,6 +42,7 @@ class Arm:
 
     name: str
     head: str
+    settings: dict = field(default_factory=dict)  # the study's settings of this arm's cells
     seeds: list[int] = field(default_factory=list)
     results: list[RunResult] = field(default_factory=list)
     correct: dict[str, list[np.ndarray]] = field(default_factory=dict)  # split -> per seed
@@ -104,7 +105,7 @@ def from_records(title: str, cell_records: list, data_files: dict, arms_order: l
         for record in sorted((r for r in cell_records if r.arm == name), key=lambda r: r.seed):
             data = data_files[record.data]
             class_names = data.class_names
-            arm = arms.setdefault(name, Arm(name, record.head))
+            arm = arms.setdefault(name, Arm(name, record.head, dict(record.settings)))
             labels = record.labels(data)
             arm.add(record.seed, record.result, record.predictions, labels, record.shifts)
     return Evidence(title, arms, class_names, missing or [])

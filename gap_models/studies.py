@@ -37,7 +37,16 @@ GRID_FIELDS = (
     "train_fraction",
 )
 """``RunConfig`` fields a study may vary or fix (``heads`` and ``seeds`` always vary)."""
-Figure = Literal["forest", "accuracies", "curves", "overfitting", "translation", "speed"]
+Figure = Literal[
+    "forest",
+    "accuracies",
+    "curves",
+    "overfitting",
+    "translation",
+    "speed",
+    "learning_curve",
+    "capacity",
+]
 
 
 class Analysis(BaseModel):

@@ -39,9 +39,9 @@ figures = ["forest", "accuracies", "curves", "overfitting", "translation", "spee
 """
 
 
-def _write_study(root: Path, with_seed2: bool = True) -> None:
+def _write_study(root: Path, with_seed2: bool = True, text: str = STUDY) -> None:
     (root / "studies").mkdir(parents=True)
-    (root / "studies" / "synthetic.toml").write_text(STUDY)
+    (root / "studies" / "synthetic.toml").write_text(text)
     (root / "photos").mkdir()
     rng = np.random.default_rng(0)
     n = 300
@@ -55,7 +55,9 @@ def _write_study(root: Path, with_seed2: bool = True) -> None:
     for cell in study.cells(root):
         if cell.seed == 2 and not with_seed2:
             continue
-        skill = 0.8 if cell.head == "gap" else 0.75
+        skill = (0.8 if cell.head == "gap" else 0.75) - 0.1 * (
+            1 - cell.settings.get("train_fraction", 1)
+        )
         predictions = {}
         for split, truth in labels.items():
             right = rng.random(n) < (skill + (0.15 if split == "train_subset" else 0))
@@ -124,6 +126,25 @@ def test_a_study_renders_and_a_hand_edit_is_caught(tmp_path):
     assert again == section  # deterministic
     edited = document.replace("| gap | 3 |", "| gap | 4 |")
     assert committed_section(edited, "synthetic") != again.rstrip()
+
+
+def test_a_learning_curve_and_the_capacity_figure_draw_one_line_per_head(tmp_path):
+    curve = STUDY.replace(
+        'precision = ["float32"]', 'precision = ["float32"]\ntrain_fraction = [0.25, 0.5, 1.0]'
+    )
+    curve = curve.replace('family = [["gap", "fc"]]', 'family = [["gap/0.25", "fc/0.25"]]')
+    curve = curve.replace('equivalence = [["gap", "fc"]]', "equivalence = []")
+    curve = curve.replace(
+        'figures = ["forest",', 'figures = ["learning_curve", "capacity", "forest",'
+    )
+    _write_study(tmp_path, text=curve)
+    section, figures = render(tmp_path, "synthetic", "x")
+    lines = figures["learning_curve.png"].axes[0].get_lines()
+    shares = {tuple(line.get_xdata()) for line in lines if len(line.get_xdata()) == 3}
+    assert shares == {(0.25, 0.5, 1.0)}  # a line of three points for each head
+    assert "| gap/0.25 - fc/0.25 |" in section
+    capacity = figures["capacity.png"].axes[0]
+    assert capacity.get_xscale() == "log" and len(capacity.get_legend().get_texts()) == 6
 
 
 def test_a_partial_study_says_what_is_missing(tmp_path):
