@@ -46,6 +46,16 @@ def _manifest_of(client: MlflowClient, run_id: str) -> Manifest | None:
         return Manifest.from_tsv(Path(path).read_text())
 
 
+def model_run_manifest(client: MlflowClient, model_uri: str) -> Manifest | None:
+    """The data manifest of the flow run that trained a logged model (its parent run's
+    ``data_manifest.tsv``): the photos it had, in every split. None when not recorded."""
+    import mlflow
+
+    run_id = mlflow.models.get_model_info(model_uri).run_id
+    parent = client.get_run(run_id).data.tags.get(records.PARENT_RUN_TAG) if run_id else None
+    return _manifest_of(client, parent) if parent else None
+
+
 def _cells_of(client: MlflowClient, parent) -> dict[tuple[str, int], tuple[str, str]]:
     """(head, seed) -> (configuration digest, run id) of the parent's finished cells."""
     children = client.search_runs(

@@ -161,9 +161,13 @@ def build_manifest(source: str, split: list[int] | tuple[int, ...], cache_root: 
     return Manifest(tuple(photos))
 
 
-def decode_photos(source: str, photos: list[Photo], image_size: int) -> np.ndarray:
+def decode_photos(
+    source: str, photos: list[Photo], image_size: int, with_kept: bool = False
+) -> np.ndarray | tuple[np.ndarray, list[Photo]]:
     """The given photos of a local source decoded as training decodes them: ``(n, size,
-    size, 3)`` uint8; photos that do not decode are left out (as preprocessing skips them)."""
+    size, 3)`` uint8; photos that do not decode are left out (as preprocessing skips them).
+    ``with_kept``: also the photos decoded, in the images' order."""
+    by_name = {photo.file: photo for photo in photos}
     wanted = {photo.file for photo in photos}
     path = Path(source).expanduser()
     if not source.startswith(TFDS_PREFIX) and path.is_dir():
@@ -173,10 +177,12 @@ def decode_photos(source: str, photos: list[Photo], image_size: int) -> np.ndarr
             found = [(name, archive.read(name)) for name in sorted(wanted)]
     else:
         found = ((item.name, item.data) for item in iter_source(source) if item.name in wanted)
-    images = []
-    for _, data in found:
+    images, kept = [], []
+    for name, data in found:
         try:
             images.append(decode_image(data, image_size))
         except ImageDecodeError:
             continue
-    return np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
+        kept.append(by_name[name])
+    stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return (stacked, kept) if with_kept else stacked

@@ -253,6 +253,31 @@ def test_cli_predict_classifies_with_the_champion_and_reports_bad_files(flow_res
     assert "1 of 7 files could not be classified" in result.stderr
 
 
+def test_cli_score_leaves_out_the_photos_the_models_run_had(flow_result, tmp_path, monkeypatch):
+    """`compare-heads score`: held-out photos scored with an exact interval; photos whose
+    bytes the model's own run had (here two copied from its archive) are left out."""
+    import zipfile
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    summary, _, archive = flow_result
+    held = make_pet_images(tmp_path / "held", per_class=5, seed=7)
+    with zipfile.ZipFile(archive) as opened:
+        seen = [name for name in opened.namelist() if name.endswith(".jpg")][:2]
+        for name in seen:
+            (held / "PetImages" / Path(name).parent.name / f"seen-{Path(name).name}").write_bytes(
+                opened.read(name)
+            )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", summary.tracking_uri)
+    result = CliRunner().invoke(app, ["score", str(held / "PetImages")])
+    assert result.exit_code == 0, result.output
+    assert "on 10 photos (95% interval" in result.output
+    assert "left out: 2 photos the model's run had" in result.output
+    assert "recall by class: Cat" in result.output
+
+
 def test_cli_run_refuses_bad_parameters_before_any_work(tmp_path):
     result = _cli("run", "--source", str(tmp_path), "--epochs", "0", "--head", "mlp", env={})
     assert result.returncode == 2
