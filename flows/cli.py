@@ -54,6 +54,7 @@ def run(
     batch_norm: Annotated[str | None, _option("batch_norm")] = None,
     backbone: Annotated[str | None, _option("backbone")] = None,
     train_fraction: Annotated[float | None, _option("train_fraction")] = None,
+    protocol: Annotated[str | None, _option("protocol")] = None,
     model_name: Annotated[str | None, _option("model_name")] = None,
     force: Annotated[bool | None, _option("force", "--force/--no-force")] = None,
     max_age_days: Annotated[float | None, _option("max_age_days")] = None,

@@ -102,6 +102,7 @@ def compare_heads(
     batch_norm: P.batch_norm = None,
     backbone: P.backbone = None,
     train_fraction: P.train_fraction = None,
+    protocol: P.protocol = None,
     model_name: P.model_name = None,
     force: P.force = None,
     max_age_days: P.max_age_days = None,

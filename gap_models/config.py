@@ -33,6 +33,10 @@ DEFAULT_SOURCE = "tfds:cats_vs_dogs"
 Precision = Literal["auto", "mixed_bfloat16", "float32"]
 BatchNorm = Literal["fused", "keras"]
 Recipe = Literal["faithful", "improved", "converge"]
+Protocol = Literal["fair", "article"]
+ARTICLE_CHAIN: tuple[str, ...] = ("fc", "fc_dropout", "avgpool")
+"""The article's protocol: one backbone trained by these heads in this order, each starting
+where the one before left it (``gap_models.protocols``)."""
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 BATCH_NORMS: tuple[str, ...] = get_args(BatchNorm)
 RECIPES: tuple[str, ...] = get_args(Recipe)
@@ -113,6 +117,14 @@ class RunConfig(BaseModel):
         le=1,
         description="Train on this fraction of the training split (a fixed, nested subset "
         "by content hash); validation and test stay whole",
+    )
+
+    # Only to replay the article's (unfair) comparison and see what it did to the ranking.
+    protocol: Protocol = Field(
+        "fair",
+        description="fair (every model a fresh backbone from the same initial weights) or "
+        f"article (one backbone trained by {', '.join(ARTICLE_CHAIN)} in turn, as the "
+        "article did; heads must come from that chain)",
     )
 
     # Two data sets must never fight over one champion: each has its own registered model.
@@ -209,6 +221,16 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"image_size {self.image_size} is too small for heads {list(too_small)} on "
                 f"the {self.backbone} backbone: the smallest each can process is {too_small}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_protocol(self) -> RunConfig:
+        outside = [head for head in self.heads if head not in ARTICLE_CHAIN]
+        if self.protocol == "article" and outside:
+            raise ValueError(
+                f"protocol 'article' trains the article's chain {list(ARTICLE_CHAIN)}; heads "
+                f"{outside} are not in it"
             )
         return self
 

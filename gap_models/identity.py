@@ -28,9 +28,26 @@ TRAINING_FIELDS: tuple[str, ...] = (
 data (precision as resolved for the run)."""
 
 
+LATER_FIELDS: dict[str, object] = {"protocol": "fair"}
+"""Training fields added after records existed, left out of a cell's settings at the value
+every earlier cell had (so their keys stay what they were) and named otherwise. The value is
+stated here, not read from RunConfig: a later change of the default must not alias."""
+
+
 def training_settings(config) -> dict[str, object]:
-    """The ``TRAINING_FIELDS`` of a resolved ``RunConfig``."""
-    return config.model_dump(include=set(TRAINING_FIELDS))
+    """The ``TRAINING_FIELDS`` of a resolved ``RunConfig``, and each of ``LATER_FIELDS``
+    away from its earlier value (with, for the article's protocol, its module's code
+    version: ``gap_models.protocols`` is not among the code every cell is keyed by)."""
+    settings = config.model_dump(include=set(TRAINING_FIELDS))
+    for name, earlier in LATER_FIELDS.items():
+        value = getattr(config, name)
+        if value != earlier:
+            settings[name] = value
+    if config.protocol != "fair":
+        from gap_models.protocols import chain_code_version
+
+        settings["protocol_code"] = chain_code_version()
+    return settings
 
 
 def cell_identity(config, head: str, seed: int, data: str, code_version: str) -> dict[str, object]:

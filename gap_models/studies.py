@@ -35,6 +35,7 @@ GRID_FIELDS = (
     "batch_norm",
     "backbone",
     "train_fraction",
+    "protocol",
 )
 """``RunConfig`` fields a study may vary or fix (``heads`` and ``seeds`` always vary)."""
 Figure = Literal[

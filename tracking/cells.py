@@ -13,9 +13,9 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from gap_models import identity, records
+from gap_models import identity, protocols, records
 from gap_models.config import RunConfig
-from gap_models.data import cached_class_names, read_manifest
+from gap_models.data import cached_class_names, default_cache_dir, read_manifest
 from gap_models.evaluation import score_cell
 from gap_models.hardware import hardware_params
 from gap_models.models import flops_per_image, trainable_params, with_stock_layers
@@ -53,12 +53,14 @@ class CellJob:
     def label(self) -> str:
         return f"{self.head} seed {self.seed}"
 
-    def key(self) -> str:
-        """The cell's key: what a finished run must match to be adopted."""
-        cell = identity.cell_identity(
+    def identity(self) -> dict[str, object]:
+        return identity.cell_identity(
             self.config, self.head, self.seed, Path(self.cache_dir).name, code_version()
         )
-        return identity.cell_key(cell)
+
+    def key(self) -> str:
+        """The cell's key: what a finished run must match to be adopted."""
+        return identity.cell_key(self.identity())
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,26 @@ class TrainedRun:
     reused: bool = False
     compute_seconds: float = 0.0  # fit + BatchNorm recalibration, this flow run only
     train_fraction: float = 1.0  # of the training split it trained on (what it is scored on)
+
+
+def _replays(job: CellJob) -> bool:
+    return job.config.protocol == "article"
+
+
+def _article_backbone(job: CellJob, num_classes: int, logger) -> protocols.BackboneWeights | None:
+    """Under the article's protocol, the backbone the job's head starts from: trained by
+    each head before it in the article's chain (``gap_models.protocols``)."""
+
+    def train(head: str, start: protocols.BackboneWeights | None) -> protocols.BackboneWeights:
+        model = build_training_model(head, job.seed, job.config, num_classes=num_classes)
+        if start is not None:
+            protocols.load_backbone(model, start)
+        fit_head(model, job.seed, job.config, job.cache_dir)
+        return protocols.backbone_weights(model)
+
+    return protocols.chain_backbone(
+        job.head, job.identity(), default_cache_dir(), train, lambda m: logger.info("%s", m)
+    )
 
 
 def peak_memory_mb() -> float:
@@ -142,7 +164,10 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
     run_id = _open_child(mlflow_client, job, key, logger)
     classes = cached_class_names(job.cache_dir)
     with closing_run(mlflow_client, run_id, finish_on_success=False):
+        start = _article_backbone(job, len(classes), logger) if _replays(job) else None
         model = build_training_model(job.head, job.seed, job.config, num_classes=len(classes))
+        if start is not None:
+            protocols.load_backbone(model, start)
         params = trainable_params(model)
         cell = identity.cell_params(job.config, job.head, job.seed, params, code_version())
         cell[records.FLOPS_PER_IMAGE] = flops_per_image(model)
@@ -163,6 +188,10 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
             logger.info(line)
 
         result = fit_head(model, job.seed, job.config, job.cache_dir, on_epoch)
+        if _replays(job):  # the next head of the chain starts from this backbone
+            chain = (*protocols.predecessors(job.head), job.head)
+            key = protocols.step_key(job.identity(), chain)
+            protocols.save_step(default_cache_dir(), key, protocols.backbone_weights(model))
         finals = {**result.final_metrics(), records.PROCESS_PEAK_MEMORY_MB: peak_memory_mb()}
         log_metrics(mlflow_client, run_id, finals)
         log_params(mlflow_client, run_id, {records.CALLBACKS: ",".join(result.callbacks)})

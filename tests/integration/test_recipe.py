@@ -49,3 +49,34 @@ def test_convergence_recipe_on_the_deep_backbone_is_logged(tmp_path, tracking_ur
     assert summary.promotion is None
     with pytest.raises(Exception, match="recipe"):
         compare_heads(source=source, recipe="fast")
+
+
+def test_the_articles_protocol_trains_the_chain_on_one_backbone(
+    tmp_path, tracking_uri, prefect_harness
+):
+    """protocol=article: fc_dropout starts from the backbone fc trained (cached by the fc
+    cell, not trained twice), and its run names the protocol and the chain code's version."""
+    import numpy as np
+
+    from gap_models import protocols
+    from gap_models.data import default_cache_dir
+    from tracking.logged_model import load_logged_model
+
+    source = str(make_pet_images(tmp_path / "photos", per_class=20, size=40))
+    summary = compare_heads(
+        source=source, image_size=32, batch_size=16, epochs=1, heads=["fc", "fc_dropout"],
+        protocol="article", promote=False,
+    )  # fmt: skip
+    client = MlflowClient(tracking_uri)
+    runs = {r.data.tags["head"]: r for r in client.search_runs(
+        [summary.experiment_id], f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")}  # fmt: skip
+    params = runs["fc_dropout"].data.params
+    assert params["protocol"] == "article"
+    assert params["protocol_code"] == protocols.chain_code_version()
+    steps = sorted((default_cache_dir() / "chains").glob("*.npz"))
+    assert len(steps) == 2  # the backbone after fc, and after fc -> fc_dropout
+    fc = load_logged_model(runs["fc"].data.tags["model_uri"])
+    after_fc = [protocols.load_step(default_cache_dir(), p.stem) for p in steps]
+    cached = [w for w in after_fc if np.array_equal(
+        w["backbone_conv1"][0], fc.get_layer("backbone_conv1").get_weights()[0])]  # fmt: skip
+    assert len(cached) == 1  # the fc cell's trained backbone, which fc_dropout started from
