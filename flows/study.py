@@ -141,6 +141,8 @@ def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
             k: v
             for k, v in tracked.metrics.items()
             if k.startswith((records.TRAIN_SUBSET_PREFIX, records.FINAL_VAL_PREFIX))
+            or k.startswith(records.EPOCHS_TO_PREFIX)
+            or k == records.EPOCHS_TO_BEST
         },
         recorded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         own_ids={subset: predictions[f"{records.IDS_PREFIX}{subset}"]} if own else {},
