@@ -15,16 +15,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SHARED_SERVICES_GROUP = "e2e-services"
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_itemcollected(item):
     """Groups for pytest-xdist (``--dist loadgroup``): each test file runs in one process
     (its module-scoped set-up once), and every test of the end-to-end services (the servers,
     the worker and the shared flow run of tests/e2e/conftest.py) in one process, so that
-    set-up happens once, not once per test process."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            shared = "services" in getattr(item, "fixturenames", ())
-            group = SHARED_SERVICES_GROUP if shared else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
+    set-up happens once, not once per test process. (Marked as each test is collected:
+    xdist reads the marks into the tests' ids when collection ends.)"""
+    if item.get_closest_marker("xdist_group") is None:
+        shared = "services" in getattr(item, "fixturenames", ())
+        group = SHARED_SERVICES_GROUP if shared else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)

@@ -148,6 +148,8 @@ def parent_run_of(services: Services, flow_run: FlowRunResult):
 def runs_of_flow_run(services: Services, flow_run_id: str) -> list:
     client = mlflow_client(services)
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:  # the flow run has not created it yet (the first run of a server)
+        return []
     return client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
     )

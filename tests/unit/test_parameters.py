@@ -122,3 +122,12 @@ def test_the_flow_schema_offers_runconfig_choices_limits_and_help():
     assert properties["heads"]["anyOf"][0]["items"]["enum"] == list(HEAD_NAMES)
     assert properties["backbone"]["anyOf"][0]["enum"] == ["article", "deep"]
     assert properties["epochs"]["anyOf"][0]["minimum"] == 1
+
+
+def test_the_test_processes_keep_each_group_together(request):
+    """Under pytest-xdist (--dist loadgroup, pyproject's addopts) every test carries its
+    group (tests/conftest.py) in its id; pytest 9.2 silently dropped it (xdist#1386), which
+    would start the shared e2e services once per test process."""
+    if not request.config.getoption("loadgroup", default=False):
+        return  # a plain pytest run: nothing is distributed
+    assert request.node.nodeid.endswith("@tests/unit/test_parameters.py"), request.node.nodeid
