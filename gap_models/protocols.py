@@ -30,6 +30,7 @@ import numpy as np
 
 from gap_models.config import ARTICLE_CHAIN
 from gap_models.models import BACKBONE_PREFIX
+from gap_models.records import HEAD
 
 BackboneWeights = dict[str, list[np.ndarray]]
 """Layer name -> weights, of the layers named ``backbone_*``."""
@@ -74,7 +75,7 @@ def step_key(identity: dict[str, object], chain: tuple[str, ...]) -> str:
     """Names the backbone after training ``chain`` (heads in order) for one cell identity
     (data, seed, settings and code versions; its head is replaced by the chain)."""
     content = {**identity, "chain": list(chain), "protocol_code": chain_code_version()}
-    content.pop("head", None)
+    content.pop(HEAD, None)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
 
