@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from statsmodels.stats.multitest import multipletests
 
 from gap_models import statistics
 
@@ -72,6 +73,12 @@ def test_holm_is_statsmodels_and_the_detectable_size_follows_the_standard_error(
         [base, statistics.Difference("a", "c", 5, 100, 0.0, -0.01, 0.01, 0.04, 0.005)]
     )
     assert [d.p_holm for d in family] == pytest.approx([0.02, 0.04])
+    rng = np.random.default_rng(7)
+    for size in (1, 2, 5, 9):
+        p = rng.choice([0.001, 0.01, 0.02, 0.2, 0.5, 0.9], size).tolist()  # with ties
+        reference = multipletests(p, method="holm")[1]
+        assert statistics.holm_adjusted(p) == pytest.approx(reference.tolist(), abs=1e-12)
+    assert statistics.holm([]) == []
     assert base.detectable == pytest.approx(2.8016 * 0.005, rel=1e-3)
 
 
