@@ -28,7 +28,7 @@ def test_models_train_on_local_dask_workers(tmp_path, prefect_harness, monkeypat
         batch_size=16,
         epochs=1,
         heads=["gap", "fc"],
-        seeds=[0, 1],
+        seeds=[0],
         promote=False,
         workers=2,
         threads_per_worker=1,
@@ -38,7 +38,7 @@ def test_models_train_on_local_dask_workers(tmp_path, prefect_harness, monkeypat
     assert parent.info.status == "FINISHED"
     assert parent.data.params["workers"] == "2"
     children = child_runs(client, parent.info.experiment_id, result.parent_run_id)
-    assert set(children) == {("gap", 0), ("fc", 0), ("gap", 1), ("fc", 1)}
+    assert set(children) == {("gap", 0), ("fc", 0)}
     assert {run.info.status for run in children.values()} == {"FINISHED"}
     workers = {run.data.tags["compare_heads.worker"] for run in children.values()}
     # Dask worker addresses on loopback, not this process.
@@ -47,6 +47,4 @@ def test_models_train_on_local_dask_workers(tmp_path, prefect_harness, monkeypat
     assert all("test_accuracy" in run.data.metrics for run in children.values())
     assert all(run.data.metrics["process_peak_memory_mb"] > 100 for run in children.values())
     # The results come back in the order the models were listed.
-    assert [(t.head, t.seed) for t in result.trained] == [
-        ("gap", 0), ("fc", 0), ("gap", 1), ("fc", 1)
-    ]  # fmt: skip
+    assert [(t.head, t.seed) for t in result.trained] == [("gap", 0), ("fc", 0)]
