@@ -262,9 +262,14 @@ def study_run(
 
 
 @study_app.command("report")
-def study_report(name: Annotated[str, typer.Argument(help="studies/NAME.toml")]) -> None:
-    """Render the study from its committed records: docs/studies/NAME/ (figures, README.md)
-    and its section of docs/RESULTS.md. No figure is typed by hand."""
+def study_report(
+    name: Annotated[
+        str | None, typer.Argument(help="studies/NAME.toml (omitted: every study)")
+    ] = None,
+) -> None:
+    """Render the study (every study without NAME) from its committed records:
+    docs/studies/NAME/ (figures, README.md), its section of docs/RESULTS.md, and the verdict
+    across studies at the top of that page. No figure is typed by hand."""
     from flows.study import report_study
 
     try:
@@ -272,7 +277,7 @@ def study_report(name: Annotated[str, typer.Argument(help="studies/NAME.toml")])
     except (FileNotFoundError, ValueError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"rendered {folder} and its section of docs/RESULTS.md")
+    typer.echo(f"rendered {folder}, its section of docs/RESULTS.md and the verdict")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from gap_models.data import TRAIN_SPLIT, load_ids, load_split
 from gap_models.evaluation import PREDICTION_SPLITS, TRAIN_SUBSET
 from gap_models.hardware import detect
 from gap_models.provenance import code_version
-from gap_models.studies import Study, load_study
+from gap_models.studies import Study, load_study, study_names
 from gap_models.study_records import (
     CellRecord,
     DataFile,
@@ -196,20 +196,30 @@ def _adopt_record(root: Path, study: Study, state: CellState, existing: Path, ta
         shutil.copyfile(existing.parent / f"data-{state.data}.json", data)
 
 
-def report_study(name: str, root: Path | None = None) -> Path:
-    """Render study ``name`` from its records: figures and README.md under
-    docs/studies/<name>/, and its section of docs/RESULTS.md. Returns the study's folder."""
-    from gap_models.study_report import RESULTS, render, replace_section
+def report_study(name: str | None = None, root: Path | None = None) -> Path:
+    """Render study ``name`` (every study when None) from its records: figures and
+    README.md under docs/studies/<name>/ and its section of docs/RESULTS.md; then the
+    verdict across studies at the top of docs/RESULTS.md. Returns the folder of the last
+    study rendered."""
+    from gap_models.study_report import RESULTS, analyse_study, render, replace_section
+    from gap_models.study_verdict import render_verdict, replace_verdict
 
     root = root or repo_root()
-    folder = root / "docs" / "studies" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    section, figures = render(root, name, f"studies/{name}")
-    for file, figure in figures.items():
-        figure.savefig(folder / file, dpi=100)
-    page, _ = render(root, name, ".")
-    (folder / "README.md").write_text(page)
     results = root / RESULTS
     document = results.read_text() if results.is_file() else "# Results\n"
-    results.write_text(replace_section(document, name, section))
+    folder = root / "docs" / "studies"
+    for each in [name] if name is not None else study_names(root):
+        studied = analyse_study(root, each)
+        folder = root / "docs" / "studies" / each
+        folder.mkdir(parents=True, exist_ok=True)
+        section, figures = render(root, each, f"studies/{each}", studied=studied)
+        for file, figure in figures.items():
+            figure.savefig(folder / file, dpi=100)
+        page, _ = render(root, each, ".", draw=False, studied=studied)
+        (folder / "README.md").write_text(page)
+        document = replace_section(document, each, section)
+    verdict, figures = render_verdict(root, "studies")
+    for file, figure in figures.items():
+        figure.savefig(root / "docs" / "studies" / file, dpi=100)
+    results.write_text(replace_verdict(document, verdict))
     return folder

@@ -19,7 +19,7 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
-def _interval(triple: tuple[float, float, float], scale: float = 100, digits: int = 2) -> str:
+def interval(triple: tuple[float, float, float], scale: float = 100, digits: int = 2) -> str:
     value, low, high = (scale * x for x in triple)
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
@@ -38,7 +38,7 @@ def arms_table(analysis: Analysis) -> str:
               "validation accuracy %", "images/s (steady)"]  # fmt: skip
     rows = [
         [s.arm, str(s.seeds), f"{s.trainable_params:,}", f"{s.flops_per_image / 1e6:.1f}",
-         _interval(s.test), _interval(s.validation), _interval(s.images_per_second, 1, 0)]
+         interval(s.test), interval(s.validation), interval(s.images_per_second, 1, 0)]
         for s in analysis.arms
     ]  # fmt: skip
     return _table(header, rows)
@@ -78,7 +78,7 @@ def overfitting_table(analysis: Analysis) -> str:
     header = ["arm", "train-subset - validation accuracy, points",
               "validation - train-subset loss"]  # fmt: skip
     rows = [
-        [s.arm, _interval(s.overfit_accuracy), _interval(s.overfit_loss, 1, 3)]
+        [s.arm, interval(s.overfit_accuracy), interval(s.overfit_loss, 1, 3)]
         for s in analysis.arms
     ]
     return _table(header, rows)
@@ -89,7 +89,7 @@ def translation_table(analysis: Analysis) -> str:
     if not shifts:
         return ""
     rows = [
-        [s.arm] + [_interval(s.shift_accuracy[p]) if p in s.shift_accuracy else "" for p in shifts]
+        [s.arm] + [interval(s.shift_accuracy[p]) if p in s.shift_accuracy else "" for p in shifts]
         for s in analysis.arms
     ]
     return _table(["arm"] + [f"{p} px, %" for p in shifts], rows)
@@ -113,7 +113,7 @@ def verdict_line(analysis: Analysis) -> str:
         parts.append(f"{other} by {points(sign * d.difference)} points ({call})")
     against = "; ".join(parts) if parts else "no pairwise test in this plan"
     return (
-        f"Highest mean test accuracy: **{best.arm}**, {_interval(best.test)} %. "
+        f"Highest mean test accuracy: **{best.arm}**, {interval(best.test)} %. "
         f"Against the others (Holm-adjusted): {against}."
     )
 

@@ -74,6 +74,10 @@ class Study(BaseModel):
 
     name: str
     description: str
+    # The question this study answers, as the verdict of docs/RESULTS.md asks it (none: the
+    # study is evidence for its own section only), and its place among the questions.
+    question: str | None = None
+    rank: int = Field(100, ge=0)
     # A path relative to the repository root, or tfds:cats_vs_dogs.
     source: str
     grid: dict[str, list]

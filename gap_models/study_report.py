@@ -7,8 +7,10 @@ section and a test can check that the committed one is what the records say.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -17,9 +19,16 @@ from gap_models import records
 from gap_models.analysis_plots import FIGURES
 from gap_models.evidence import from_records
 from gap_models.findings import analysis_markdown
-from gap_models.studies import load_study
-from gap_models.study_records import data_path, read_data_file, read_record, record_path
-from gap_models.verdicts import Plan, analyse
+from gap_models.studies import Study, load_study, studies_dir
+from gap_models.study_records import (
+    CellRecord,
+    data_path,
+    read_data_file,
+    read_record,
+    record_path,
+    records_dir,
+)
+from gap_models.verdicts import Analysis, Plan, analyse
 
 RESULTS = Path("docs") / "RESULTS.md"
 
@@ -62,19 +71,45 @@ def _provenance(cell_records, name: str) -> str:
     return text
 
 
-def render(
-    root: Path, name: str, figure_folder: str, draw: bool = True
-) -> tuple[str, dict[str, Figure]]:
-    """The study's Markdown section (figures linked under ``figure_folder``) and, with
-    ``draw``, its figures."""
+@dataclass(frozen=True)
+class StudyEvidence:
+    """A study's records and their analysis (None before any cell is recorded)."""
+
+    study: Study
+    present: list[CellRecord]
+    missing: list[str]
+    analysis: Analysis | None
+
+    @property
+    def stale(self) -> int:
+        from gap_models.provenance import code_version
+
+        return sum(1 for r in self.present if r.code_version != code_version())
+
+
+def _fingerprint(root: Path, name: str) -> tuple:
+    """The study file and its records as they are on disk (name, size, modification)."""
+    files = [studies_dir(root) / f"{name}.toml", *sorted(records_dir(root, name).glob("*.json"))]
+    return tuple(
+        (str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()
+    )
+
+
+def analyse_study(root: Path, name: str) -> StudyEvidence:
+    """Study ``name``'s committed records, analysed as its file declares (once per state of
+    its files: the verdict and the study's own section share the bootstrap)."""
+    return _analyse_study(root, name, _fingerprint(root, name))
+
+
+@functools.lru_cache(maxsize=16)
+def _analyse_study(root: Path, name: str, _fingerprint: tuple) -> StudyEvidence:
     study = load_study(root, name)
     cells = study.cells(root)
     found = {c.file_stem: read_record(record_path(root, name, c.file_stem)) for c in cells}
     present = [r for r in found.values() if r is not None]
     missing = [f"{c.arm} seed {c.seed}" for c in cells if found[c.file_stem] is None]
-    heading = [f"### Study `{name}`: {study.description}", "", _design(study), ""]
     if not present:
-        return "\n".join([*heading, "No cell recorded yet.", ""]), {}
+        return StudyEvidence(study, present, missing, None)
     data = {r.data: read_data_file(data_path(root, name, r.data)) for r in present}
     evidence = from_records(study.description, present, data, study.arms(), missing)
     declared = study.analysis
@@ -82,7 +117,24 @@ def render(
         declared.family, declared.equivalence, declared.margin, declared.bootstrap_draws,
         declared.target_val_accuracy,
     )  # fmt: skip
-    analysis = analyse(evidence, plan)
+    return StudyEvidence(study, present, missing, analyse(evidence, plan))
+
+
+def render(
+    root: Path,
+    name: str,
+    figure_folder: str,
+    draw: bool = True,
+    studied: StudyEvidence | None = None,
+) -> tuple[str, dict[str, Figure]]:
+    """The study's Markdown section (figures linked under ``figure_folder``) and, with
+    ``draw``, its figures."""
+    studied = studied or analyse_study(root, name)
+    study, present, analysis = studied.study, studied.present, studied.analysis
+    heading = [f"### Study `{name}`: {study.description}", "", _design(study), ""]
+    if analysis is None:
+        return "\n".join([*heading, "No cell recorded yet.", ""]), {}
+    declared = study.analysis
     files = [f"{kind}.png" for kind in declared.figures]
     figures = {f"{k}.png": FIGURES[k](analysis) for k in declared.figures} if draw else {}
     links = [f"![{file}]({figure_folder}/{file})" for file in files]

@@ -177,3 +177,44 @@ def test_every_committed_study_section_is_what_its_records_render(name):
         f"the section of study {name} in docs/RESULTS.md differs from what its records render: "
         f"run `compare-heads study report {name}` (never edit it by hand)"
     )
+
+
+def test_the_verdict_asks_each_question_and_says_provisional_until_every_cell_is_in(tmp_path):
+    from gap_models.provenance import code_version
+    from gap_models.study_verdict import FIGURE, committed_verdict, render_verdict, replace_verdict
+
+    asked = STUDY.replace('source = "photos"', 'source = "photos"\nquestion = "Is gap better?"')
+    _write_study(tmp_path, with_seed2=False, text=asked)
+    for path in (tmp_path / "studies" / "synthetic" / "records").glob("*-seed*.json"):
+        record = read_record(path)  # recorded by today's code: none stale
+        record.code_version = code_version()
+        write_json_atomically(path, record.to_json())
+    partial, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert "**1. Is gap better?** Study `synthetic`" in partial
+    assert "4 of 6 cells recorded. Provisional:" in partial
+    assert "- gap - fc: " in partial and "gap ~ fc within ±1.0 points" in partial
+    for seed in (0, 1):  # the missing seed, recorded: the same test, now final
+        record = read_record(record_path(tmp_path, "synthetic", f"gap-seed{seed}"))
+        record.seed = 2
+        write_json_atomically(record_path(tmp_path, "synthetic", "gap-seed2"), record.to_json())
+        record = read_record(record_path(tmp_path, "synthetic", f"fc-seed{seed}"))
+        record.seed = 2
+        write_json_atomically(record_path(tmp_path, "synthetic", "fc-seed2"), record.to_json())
+    complete, figures = render_verdict(tmp_path, "studies")
+    assert "6 of 6 cells recorded. Final:" in complete and complete != partial
+    # No arm of the synthetic study is at 100 px: the figure across studies stays empty.
+    assert figures[FIGURE].axes[0].get_lines() == []
+    document = replace_verdict("# Results\n", complete)
+    assert committed_verdict(document) == complete.rstrip()
+
+
+def test_the_committed_verdict_is_what_every_studys_records_render():
+    from gap_models.study_verdict import committed_verdict, render_verdict
+
+    committed = committed_verdict((ROOT / RESULTS).read_text())
+    assert committed is not None, "docs/RESULTS.md has no verdict: run `compare-heads study report`"
+    rendered, _ = render_verdict(ROOT, "studies", draw=False)
+    assert committed == rendered.rstrip(), (
+        "the verdict in docs/RESULTS.md differs from what the studies' records render: run "
+        "`compare-heads study report` (never edit it by hand)"
+    )
