@@ -65,6 +65,10 @@ class Analysis(BaseModel):
     # Epochs to reach this validation accuracy (speed of learning, not of the CPU).
     target_val_accuracy: float = Field(0.8, gt=0, lt=1)
     figures: list[Figure] = Field(default_factory=lambda: ["forest", "accuracies", "curves"])
+    # Another study whose records of the same arms and seeds join this analysis, labelled
+    # "<arm>@<baseline>" (paired by seed and photo: both must use the same data), so that
+    # the family can test this study's cells against that study's.
+    baseline: str | None = None
 
 
 class Study(BaseModel):
@@ -102,6 +106,8 @@ class Study(BaseModel):
     @model_validator(mode="after")
     def _check_analysis(self) -> Study:
         labels = {cell.arm for cell in self.cells(Path("."))}
+        if self.analysis.baseline:
+            labels |= {f"{label}@{self.analysis.baseline}" for label in labels}
         named = [
             label for pair in self.analysis.family + self.analysis.equivalence for label in pair
         ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -79,6 +79,7 @@ class StudyEvidence:
     present: list[CellRecord]
     missing: list[str]
     analysis: Analysis | None
+    baseline: list[CellRecord] = field(default_factory=list)  # the baseline study's cells
 
     @property
     def stale(self) -> int:
@@ -89,10 +90,12 @@ class StudyEvidence:
 
 def _fingerprint(root: Path, name: str) -> tuple:
     """The study file and its records as they are on disk (name, size, modification)."""
-    files = [studies_dir(root) / f"{name}.toml", *sorted(records_dir(root, name).glob("*.json"))]
-    return tuple(
-        (str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()
-    )
+    names = [name]
+    if (studies_dir(root) / f"{name}.toml").is_file() and load_study(root, name).analysis.baseline:
+        names.append(load_study(root, name).analysis.baseline)
+    files = [studies_dir(root) / f"{n}.toml" for n in names]
+    files += [f for n in names for f in sorted(records_dir(root, n).glob("*.json"))]
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
 
 
 def analyse_study(root: Path, name: str) -> StudyEvidence:
@@ -111,13 +114,58 @@ def _analyse_study(root: Path, name: str, _fingerprint: tuple) -> StudyEvidence:
     if not present:
         return StudyEvidence(study, present, missing, None)
     data = {r.data: read_data_file(data_path(root, name, r.data)) for r in present}
-    evidence = from_records(study.description, present, data, study.arms(), missing)
+    arms = study.arms()
+    baseline = _baseline_records(root, study)
+    for record in baseline:
+        data.setdefault(
+            record.data, read_data_file(data_path(root, study.analysis.baseline, record.data))
+        )
+    arms += list(dict.fromkeys(r.arm for r in baseline))
+    evidence = from_records(study.description, present + baseline, data, arms, missing)
     declared = study.analysis
     plan = Plan(
         declared.family, declared.equivalence, declared.margin, declared.bootstrap_draws,
         declared.target_val_accuracy,
     )  # fmt: skip
-    return StudyEvidence(study, present, missing, analyse(evidence, plan))
+    return StudyEvidence(study, present, missing, analyse(evidence, plan), baseline)
+
+
+def _baseline_records(root: Path, study: Study) -> list[CellRecord]:
+    """The records of ``study``'s baseline study for its own arms and seeds, relabelled
+    "<arm>@<baseline>" (none without a baseline)."""
+    name = study.analysis.baseline
+    if not name:
+        return []
+    other = load_study(root, name)
+    wanted = {(c.arm, c.seed) for c in study.cells(root)}
+    found = []
+    for cell in other.cells(root):
+        record = read_record(record_path(root, name, cell.file_stem))
+        if record is not None and (cell.arm, cell.seed) in wanted:
+            record.arm = f"{cell.arm}@{name}"
+            found.append(record)
+    return found
+
+
+def _baseline_provenance(studied: StudyEvidence) -> list[str]:
+    """A sentence on the baseline study's cells that joined the analysis (none without)."""
+    if not studied.baseline:
+        return []
+    from gap_models.provenance import code_version
+
+    name = studied.study.analysis.baseline
+    stale = sum(1 for r in studied.baseline if r.code_version != code_version())
+    text = (
+        f"Baseline: {len(studied.baseline)} cells of study `{name}` (the arms marked @{name}), "
+        f"the same photos and seeds; code version "
+        f"{', '.join(sorted({r.code_version for r in studied.baseline}))}."
+    )
+    if stale:
+        text += (
+            f" **{stale} of them are stale** (older training code than today's): "
+            f"`compare-heads study run {name}` trains them again."
+        )
+    return [text]
 
 
 def render(
@@ -141,6 +189,7 @@ def render(
     body = [
         *heading,
         _provenance(present, name),
+        *_baseline_provenance(studied),
         f"Reproduce: `compare-heads study run {name}` (trains what is missing), then "
         f"`compare-heads study report {name}`.",
         "",

@@ -16,6 +16,7 @@ from gap_models.architecture import HEADS
 from gap_models.config import RunConfig
 from gap_models.findings import interval
 from gap_models.plots import _finish
+from gap_models.provenance import code_version
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
 from gap_models.studies import study_names
 from gap_models.study_report import StudyEvidence, analyse_study
@@ -45,8 +46,18 @@ def _status(studied: StudyEvidence) -> tuple[str, bool]:
     parts = [f"{len(studied.present)} of {total} cells recorded"]
     if studied.stale:
         parts.append(f"{studied.stale} stale (older training code)")
-    final = not studied.missing and not studied.stale
+    baseline_stale = sum(1 for r in studied.baseline if r.code_version != code_version())
+    if baseline_stale:
+        parts.append(
+            f"its baseline `{studied.study.analysis.baseline}`: {baseline_stale} of "
+            f"{len(studied.baseline)} stale"
+        )
+    final = not studied.missing and not studied.stale and not baseline_stale
     return ", ".join(parts), final
+
+
+def _seeds(count: int) -> str:
+    return f"{count} seed{'s' if count != 1 else ''}"
 
 
 def _findings(studied: StudyEvidence) -> list[str]:
@@ -58,17 +69,18 @@ def _findings(studied: StudyEvidence) -> list[str]:
         " (fewer than 3 seeds: photo sampling only)" if best.seeds < MIN_SEEDS_FOR_INTERVAL else ""
     )
     lines = [
-        f"highest test accuracy: **{best.arm}** {interval(best.test)} %, {best.seeds} seed"
-        f"{'s' if best.seeds != 1 else ''}{few}."
+        f"highest test accuracy: **{best.arm}** {interval(best.test)} %, {_seeds(best.seeds)}{few}."
     ]
     for d in analysis.family:
         if d.significant:
             call = "significant"
         else:
             call = f"no difference shown; detectable {100 * d.detectable:.1f} points"
+        if d.seeds < MIN_SEEDS_FOR_INTERVAL:
+            call += "; photo sampling only, too few seeds to see seed-to-seed variation"
         lines.append(
             f"{d.arm_a} - {d.arm_b}: {points(d.difference)} [{points(d.low)}, {points(d.high)}] "
-            f"points ({d.seeds} seeds x {d.photos} photos), Holm p {d.p_holm:.3g}: {call}."
+            f"points ({_seeds(d.seeds)} x {d.photos} photos), Holm p {d.p_holm:.3g}: {call}."
         )
     for e in analysis.equivalences:
         call = "equivalent" if e.equivalent else "equivalence not shown"

@@ -218,3 +218,29 @@ def test_the_committed_verdict_is_what_every_studys_records_render():
         "the verdict in docs/RESULTS.md differs from what the studies' records render: run "
         "`compare-heads study report` (never edit it by hand)"
     )
+
+
+def test_a_baseline_studys_cells_join_the_family_paired_by_seed_and_photo(tmp_path):
+    import shutil
+
+    _write_study(tmp_path)
+    # The baseline: the same grid, data and records under another name.
+    (tmp_path / "studies" / "base.toml").write_text(STUDY)
+    shutil.copytree(
+        tmp_path / "studies" / "synthetic" / "records", tmp_path / "studies" / "base" / "records"
+    )
+    compared = STUDY.replace(
+        'family = [["gap", "fc"]]',
+        'family = [["gap", "fc"], ["gap", "gap@base"]]\nbaseline = "base"',
+    )
+    (tmp_path / "studies" / "synthetic.toml").write_text(compared)
+    section, _ = render(tmp_path, "synthetic", "x", draw=False)
+    assert "Baseline: 6 cells of study `base` (the arms marked @base)" in section
+    assert "**6 of them are stale**" in section  # recorded by code version "v1"
+    # The same models on the same photos: no difference at all.
+    assert "| gap - gap@base | 3 x 300 | +0.00 [+0.00, +0.00] |" in section
+    with pytest.raises(ValueError, match="gap@other"):
+        (tmp_path / "studies" / "bad.toml").write_text(
+            compared.replace('["gap", "gap@base"]', '["gap", "gap@other"]')
+        )
+        load_study(tmp_path, "bad")
