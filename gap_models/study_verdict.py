@@ -97,37 +97,46 @@ def _findings(studied: StudyEvidence) -> list[str]:
 
 def _point_label(studied: StudyEvidence, arm: str) -> str:
     settings = studied.analysis.evidence.arms[arm].settings
+    chain = ", one backbone for the chain" if settings.get("protocol") == "article" else ""
     return (
         f"{arm} ({studied.study.name}: {settings.get('backbone', 'article')} trunk, "
-        f"{settings.get('recipe', RunConfig.model_fields['recipe'].default)})"
+        f"{settings.get('recipe', RunConfig.model_fields['recipe'].default)}{chain})"
     )
 
 
 def capacity_figure(studied: list[StudyEvidence]) -> Figure:
     """Test accuracy (95% interval) of every arm at 100 px on all training photos, against
-    its trainable parameters (log scale): colour by head, marker by trunk."""
-    figure = Figure(figsize=(10, 6), layout="constrained")
+    its trainable parameters (log scale, points of one size spread slightly sideways):
+    colour by head, marker by trunk, faded where the arm's records are stale. A baseline's
+    arms (``arm@study``) are drawn once, in their own study."""
+    figure = Figure(figsize=(10, 7.5), layout="constrained")
     axes = figure.add_subplot()
+    seen: dict[int, int] = {}
     for s in studied:
         if s.analysis is None:
             continue
+        stale_arms = {r.arm for r in s.present if r.code_version != code_version()}
         for summary in s.analysis.arms:
             arm = s.analysis.evidence.arms[summary.arm]
-            if arm.settings.get("image_size") != ACROSS_SIZE:
+            if "@" in summary.arm or arm.settings.get("image_size") != ACROSS_SIZE:
                 continue
             if arm.settings.get("train_fraction", 1.0) != 1.0:
                 continue
             value, low, high = (100 * x for x in summary.test)
+            order = seen[summary.trainable_params] = seen.get(summary.trainable_params, -1) + 1
             axes.errorbar(
-                summary.trainable_params, value, yerr=[[value - low], [high - value]],
+                summary.trainable_params * 1.025**order, value,
+                yerr=[[value - low], [high - value]],
                 fmt=MARKERS.get(arm.settings.get("backbone", "article"), "D"), capsize=4,
                 color=HEADS[arm.head].colour, label=_point_label(s, summary.arm),
-                alpha=1.0 if s.stale == 0 else 0.45,
+                alpha=0.45 if summary.arm in stale_arms else 1.0,
             )  # fmt: skip
     axes.set_xscale("log")
     _finish(axes, f"Every arm at {ACROSS_SIZE} px: test accuracy against capacity "
             "(95% intervals; faded: stale records)", "trainable parameters", "test accuracy (%)",
             integer_x=False)  # fmt: skip
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(ncol=2, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return figure
 
 
