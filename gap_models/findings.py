@@ -78,8 +78,7 @@ def overfitting_table(analysis: Analysis) -> str:
     header = ["arm", "train-subset - validation accuracy, points",
               "validation - train-subset loss"]  # fmt: skip
     rows = [
-        [s.arm, interval(s.overfit_accuracy), interval(s.overfit_loss, 1, 3)]
-        for s in analysis.arms
+        [s.arm, interval(s.overfit_accuracy), interval(s.overfit_loss, 1, 3)] for s in analysis.arms
     ]
     return _table(header, rows)
 
