@@ -61,7 +61,7 @@ def _provenance(cell_records, name: str) -> str:
         f"Cells trained: {trained}; code version {', '.join(versions)}; recorded "
         f"{dates[0]} to {dates[-1]}."
     )
-    stale = sum(1 for r in cell_records if r.code_version != code_version())
+    stale = _stale(cell_records)
     if stale:
         text += (
             f" **{stale} of these {len(cell_records)} records are stale**: trained by an older "
@@ -83,16 +83,26 @@ class StudyEvidence:
 
     @property
     def stale(self) -> int:
-        from gap_models.provenance import code_version
+        """Own records trained by older training code than today's."""
+        return _stale(self.present)
 
-        return sum(1 for r in self.present if r.code_version != code_version())
+    @property
+    def baseline_stale(self) -> int:
+        """The baseline study's records (of this study's arms) trained by older code."""
+        return _stale(self.baseline)
+
+
+def _stale(cell_records: list[CellRecord]) -> int:
+    from gap_models.provenance import code_version
+
+    return sum(1 for r in cell_records if r.code_version != code_version())
 
 
 def _fingerprint(root: Path, name: str) -> tuple:
     """The study file and its records as they are on disk (name, size, modification)."""
     names = [name]
-    if (studies_dir(root) / f"{name}.toml").is_file() and load_study(root, name).analysis.baseline:
-        names.append(load_study(root, name).analysis.baseline)
+    if (studies_dir(root) / f"{name}.toml").is_file():
+        names += [n for n in [load_study(root, name).analysis.baseline] if n]
     files = [studies_dir(root) / f"{n}.toml" for n in names]
     files += [f for n in names for f in sorted(records_dir(root, n).glob("*.json"))]
     return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
@@ -151,10 +161,8 @@ def _baseline_provenance(studied: StudyEvidence) -> list[str]:
     """A sentence on the baseline study's cells that joined the analysis (none without)."""
     if not studied.baseline:
         return []
-    from gap_models.provenance import code_version
-
     name = studied.study.analysis.baseline
-    stale = sum(1 for r in studied.baseline if r.code_version != code_version())
+    stale = studied.baseline_stale
     text = (
         f"Baseline: {len(studied.baseline)} cells of study `{name}` (the arms marked @{name}), "
         f"the same photos and seeds; code version "

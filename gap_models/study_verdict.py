@@ -46,7 +46,7 @@ def _status(studied: StudyEvidence) -> tuple[str, bool]:
     parts = [f"{len(studied.present)} of {total} cells recorded"]
     if studied.stale:
         parts.append(f"{studied.stale} stale (older training code)")
-    baseline_stale = sum(1 for r in studied.baseline if r.code_version != code_version())
+    baseline_stale = studied.baseline_stale
     if baseline_stale:
         parts.append(
             f"its baseline `{studied.study.analysis.baseline}`: {baseline_stale} of "

@@ -244,3 +244,21 @@ def test_a_baseline_studys_cells_join_the_family_paired_by_seed_and_photo(tmp_pa
             compared.replace('["gap", "gap@base"]', '["gap", "gap@other"]')
         )
         load_study(tmp_path, "bad")
+
+
+def test_report_without_a_name_writes_every_section_its_figures_and_the_answer(tmp_path):
+    from flows.study import report_study
+    from gap_models.study_verdict import FIGURE, committed_verdict
+
+    asked = STUDY.replace('source = "photos"', 'source = "photos"\nquestion = "Is gap better?"')
+    _write_study(tmp_path, text=asked)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / RESULTS).write_text("# Results\n\nIntro.\n")
+    report_study(None, root=tmp_path)
+    document = (tmp_path / RESULTS).read_text()
+    section, _ = render(tmp_path, "synthetic", "studies/synthetic", draw=False)
+    assert committed_section(document, "synthetic") == section.rstrip()
+    assert "**1. Is gap better?**" in committed_verdict(document)
+    folder = tmp_path / "docs" / "studies"
+    assert (folder / FIGURE).stat().st_size > 0
+    assert {p.name for p in (folder / "synthetic").iterdir()} >= {"README.md", "forest.png"}
