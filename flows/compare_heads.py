@@ -35,7 +35,7 @@ from tasks.data import download, preprocess, record_data
 from tasks.plan import plan_retraining, rescore_champion
 from tasks.promote import promote_best, start_serving_check
 from tracking import recovery, runs
-from tracking.cells import TrainedRun, peak_memory_mb, reused_run
+from tracking.cells import TrainedRun, peak_memory_mb, reused_run, train_until
 from tracking.registry import Promotion, check_classes, registered_model_name
 
 
@@ -115,6 +115,7 @@ def compare_heads(
         requested = RunConfig.from_parameters(**locals())
     except ValidationError as error:  # every bad value, each with its parameter, no links
         raise ValueError("invalid parameters: " + "; ".join(parameter_errors(error))) from None
+    train_until()  # a bad $COMPARE_HEADS_TRAIN_UNTIL fails now, not after preprocessing
     precision = resolve_precision(requested.precision)  # once per run, logged as resolved
     config = requested.resolved()
     started = time.perf_counter()

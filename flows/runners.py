@@ -29,6 +29,7 @@ PASSED_TO_WORKERS = (
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
     "COMPARE_HEADS_CACHE_DIR",
+    "COMPARE_HEADS_TRAIN_UNTIL",
     "ONEDNN_MAX_CPU_ISA",
 )
 """Settings of the flow's process a local cluster's workers receive as they are."""

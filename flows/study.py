@@ -5,19 +5,24 @@ Each cell is one in-process ``compare-heads`` flow run (one head, one seed, noth
 promoted), logged to MLflow like any run; when it ends, its record (curves, scores, per-photo
 predictions) is written atomically to ``studies/<name>/records/``, to be committed. A study
 run killed at any moment loses at most the cell in progress, and even that one's finished
-MLflow run is adopted by the next attempt (same key) instead of trained again.
+MLflow run is adopted by the next attempt (same key) instead of trained again, and a cell
+killed while training goes on from its last epoch's checkpoint. A budget is a deadline for
+training: a cell that would not end within it trains until then and pauses, its checkpoint
+kept, so cells longer than any one session still get trained, a session at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from gap_models import records
+from gap_models.checkpoints import TrainingPaused
 from gap_models.data import TRAIN_SPLIT, load_ids, load_split
 from gap_models.evaluation import PREDICTION_SPLITS, TRAIN_SUBSET
 from gap_models.hardware import detect
@@ -40,6 +45,7 @@ from gap_models.study_state import (
     seconds_per_flop,
     train_images,
 )
+from tracking.cells import TRAIN_UNTIL_ENV
 from tracking.runs import repo_root
 
 Say = Callable[[str], None]
@@ -62,6 +68,8 @@ def status_lines(root: Path, name: str) -> tuple[list[str], list[CellState]]:
             seconds = estimate_seconds(root, study, state, own)
             remaining += seconds
             extra = f"  ~{seconds / 60:.0f} min"
+            if state.epochs_done:
+                extra += f" (resumes after epoch {state.epochs_done} of {state.epochs})"
         lines.append(f"  {state.state:8} {state.cell.arm} seed {state.cell.seed}{extra}")
     counts = {s: sum(1 for x in states if x.state == s) for s in ("done", "missing", "stale")}
     basis = (
@@ -142,7 +150,7 @@ def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
             for k, v in tracked.metrics.items()
             if k.startswith((records.TRAIN_SUBSET_PREFIX, records.FINAL_VAL_PREFIX))
             or k.startswith(records.EPOCHS_TO_PREFIX)
-            or k == records.EPOCHS_TO_BEST
+            or k in (records.EPOCHS_TO_BEST, records.RESUMED_AT_EPOCH)
         },
         recorded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         own_ids={subset: predictions[f"{records.IDS_PREFIX}{subset}"]} if own else {},
@@ -152,37 +160,80 @@ def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
     say(f"recorded {state.cell.arm} seed {state.cell.seed} ({record.cell_seconds / 60:.1f} min)")
 
 
+FIRST_EPOCH_MARGIN = 1.5
+"""A cell that cannot end within the budget is only started (or resumed) when the budget
+left holds this many of its epochs: loading and the first epoch's graph building cost extra."""
+
+
+@contextlib.contextmanager
+def _training_until(deadline: float | None) -> Iterator[None]:
+    """Pause training at ``deadline`` (seconds since 1970) in this process's flow runs."""
+    before = os.environ.get(TRAIN_UNTIL_ENV)
+    if deadline is not None:
+        os.environ[TRAIN_UNTIL_ENV] = f"{deadline:.0f}"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TRAIN_UNTIL_ENV, None)
+        else:
+            os.environ[TRAIN_UNTIL_ENV] = before
+
+
 def run_study(name: str, budget_minutes: float | None = None, root: Path | None = None,
               say: Say = print) -> list[CellState]:  # fmt: skip
     """Train the cells of study ``name`` that have no current record, in priority order,
-    starting a cell only when this CPU's estimate says it ends within the budget. Returns
-    the cells still missing or stale when it stops."""
+    within the budget: a cell that would not end within it (this CPU's estimate) trains
+    until the budget ends and pauses there with its checkpoint kept, when at least one of
+    its epochs fits; the next ``run_study`` resumes it. Returns the cells still missing or
+    stale when it stops."""
     root = root or repo_root()
     study = load_study(root, name)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
     deadline = None if budget_minutes is None else time.monotonic() + budget_minutes * 60
-    for state in cell_states(root, study):
-        if state.state == "done":
-            continue
-        target = record_path(root, study.name, state.cell.file_stem)
-        existing = find_record_by_key(root, state.key)
-        if existing is not None:  # the same model, recorded by another study
-            _adopt_record(root, study, state, existing, target)
-            say(f"reused {state.cell.arm} seed {state.cell.seed} from {existing}")
-            continue
-        if deadline is not None:
-            own = seconds_per_flop(root, state.cell.settings.get("precision"))
-            needed = estimate_seconds(root, study, state, own)
-            left = deadline - time.monotonic()
-            if needed > left:
+    until = None if budget_minutes is None else time.time() + budget_minutes * 60
+    with _training_until(until):
+        for state in cell_states(root, study):
+            if state.state == "done":
+                continue
+            target = record_path(root, study.name, state.cell.file_stem)
+            existing = find_record_by_key(root, state.key)
+            if existing is not None:  # the same model, recorded by another study
+                _adopt_record(root, study, state, existing, target)
+                say(f"reused {state.cell.arm} seed {state.cell.seed} from {existing}")
+                continue
+            label = f"{state.cell.arm} seed {state.cell.seed}"
+            resumes = f", resuming after epoch {state.epochs_done}" if state.epochs_done else ""
+            if deadline is not None:
+                own = seconds_per_flop(root, state.cell.settings.get("precision"))
+                needed = estimate_seconds(root, study, state, own)
+                per_epoch = needed / max(1, state.epochs - state.epochs_done)
+                left = deadline - time.monotonic()
+                if needed > left and left < FIRST_EPOCH_MARGIN * per_epoch:
+                    say(
+                        f"stopping: {label} needs about {needed / 60:.0f} min on this CPU "
+                        f"({per_epoch / 60:.0f} min an epoch), {max(left, 0) / 60:.0f} min "
+                        "of the budget are left"
+                    )
+                    break
+                if needed > left:
+                    say(
+                        f"training {label} ({state.state}{resumes}) until the budget ends: it "
+                        f"needs about {needed / 60:.0f} min, {left / 60:.0f} are left; it "
+                        "pauses there with its checkpoint kept"
+                    )
+                else:
+                    say(f"training {label} ({state.state}{resumes})")
+            else:
+                say(f"training {label} ({state.state}{resumes})")
+            try:
+                _train_cell(root, study, state, say)
+            except TrainingPaused as paused:
                 say(
-                    f"stopping: {state.cell.arm} seed {state.cell.seed} needs about "
-                    f"{needed / 60:.0f} min on this CPU, {max(left, 0) / 60:.0f} min of the "
-                    "budget are left"
+                    f"paused {label} after epoch {paused.epochs_done} of {paused.epochs} at "
+                    f"the end of the budget; `compare-heads study run {name}` resumes it"
                 )
                 break
-        say(f"training {state.cell.arm} seed {state.cell.seed} ({state.state})")
-        _train_cell(root, study, state, say)
     return [s for s in cell_states(root, study) if s.state != "done"]
 
 

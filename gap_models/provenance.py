@@ -25,6 +25,7 @@ TRAINING_CODE: tuple[str, ...] = (
     "architecture.py",
     "models.py",
     "training.py",
+    "checkpoints.py",
     "recipes.py",
     "evaluation.py",
     "robustness.py",

@@ -44,6 +44,7 @@ TRAIN_SECONDS = "train_seconds"
 TRAIN_IMAGES_PER_SECOND = "train_images_per_second"
 BEST_VAL_ACCURACY = "best_val_accuracy"
 EPOCHS_RUN = "epochs_run"
+RESUMED_AT_EPOCH = "resumed_at_epoch"  # epochs restored from a checkpoint, when any
 EPOCHS_TO_BEST = "epochs_to_best_val_accuracy"
 EPOCHS_TO_PREFIX = "epochs_to_val_accuracy_"
 VAL_ACCURACY_TARGETS: tuple[float, ...] = (0.80, 0.85, 0.90)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gap_models import records
+from gap_models.checkpoints import checkpoint_dir, checkpointed_epochs
 from gap_models.data import cache_key, fingerprint_source
 from gap_models.hardware import detect
 from gap_models.provenance import code_version
@@ -33,6 +34,12 @@ class CellState:
     @property
     def epochs(self) -> int:
         return self.cell.config().epochs
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs a checkpoint of this cell's unfinished training holds (resumed by `study
+        run`), 0 for none."""
+        return 0 if self.state == "done" else checkpointed_epochs(checkpoint_dir(self.key))
 
 
 def cell_states(root: Path, study: Study) -> list[CellState]:
@@ -106,7 +113,8 @@ def estimate_seconds(root: Path, study: Study, state: CellState, rate: float | N
     config = state.cell.config()
     images = max(1, round(images * config.train_fraction))
     flops = _cell_flops(state.cell.head, config.image_size, config.backbone)
+    epochs = state.epochs - min(state.epochs_done, state.epochs - 1)  # evaluation remains
     if rate is None:
         prior = 1.3 / (PRIOR_IMAGES_PER_SECOND * PRIOR_FLOPS_PER_IMAGE)
-        return images * state.epochs * flops * prior
-    return images * state.epochs * flops * rate
+        return images * epochs * flops * prior
+    return images * epochs * flops * rate

@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 
 from gap_models import records
+from gap_models.checkpoints import EpochCheckpoint, TrainingPaused
 from gap_models.config import RunConfig
 from gap_models.data import load_split, load_train, make_dataset
 from gap_models.models import build_model
@@ -39,6 +41,7 @@ class EpochReporter(keras.callbacks.Callback):
         self._train_images = train_images
         self._started = 0.0
         self.epoch_seconds: list[float] = []
+        self.reported: list[dict[str, float]] = []  # what on_epoch got, epoch by epoch
         self.reporting_seconds = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -50,8 +53,15 @@ class EpochReporter(keras.callbacks.Callback):
         metrics = {key: float(value) for key, value in (logs or {}).items()}
         metrics[records.EPOCH_SECONDS] = seconds
         metrics[records.IMAGES_PER_SECOND] = self._train_images / seconds if seconds else 0.0
+        self.report(epoch + 1, metrics)
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Hand one epoch's metrics on (also how a resumed fit replays its earlier epochs)."""
+        self.reported.append(metrics)
+        if len(self.epoch_seconds) < len(self.reported):
+            self.epoch_seconds.append(metrics[records.EPOCH_SECONDS])
         reporting_started = time.perf_counter()
-        self._on_epoch(epoch + 1, metrics)
+        self._on_epoch(epoch, metrics)
         self.reporting_seconds += time.perf_counter() - reporting_started
 
 
@@ -83,6 +93,7 @@ class TrainingResult:
     recalibration_seconds: float = 0.0
     callbacks: list[str] = field(default_factory=list)  # what ran inside fit, in order
     augmentation_change: float = 0.0  # mean |augmented - original| pixel, 0 without
+    resumed_at_epoch: int = 0  # epochs restored from a checkpoint (0: trained in one go)
 
     @property
     def compute_seconds(self) -> float:
@@ -101,6 +112,7 @@ class TrainingResult:
             records.BN_RECALIBRATION_BATCHES: self.recalibration_batches,
             records.EPOCH_LOGGING_SECONDS: self.reporting_seconds,
             records.AUGMENTATION_CHANGE: self.augmentation_change,
+            **({records.RESUMED_AT_EPOCH: self.resumed_at_epoch} if self.resumed_at_epoch else {}),
         }
 
     @property
@@ -122,28 +134,52 @@ def train_model(
     on_epoch: EpochLogger | None = None,
     recipe: str = "faithful",
     calibration_data=None,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> TrainingResult:
-    """Fit ``model`` (compiled) for up to ``epochs``; return its history and timings."""
+    """Fit ``model`` (compiled) for up to ``epochs``; return its history and timings.
+
+    With a ``checkpoint``, the fit goes on from its last saved epoch (those epochs' metrics
+    are handed to ``on_epoch`` again first), saves every epoch, and raises
+    ``TrainingPaused`` when it stops at the checkpoint's deadline."""
     reporter = EpochReporter(on_epoch or (lambda epoch, metrics: None), train_images)
     callbacks = [*recipe_callbacks(recipe, calibration_data), reporter]
+    restored = checkpoint.restore(model) if checkpoint is not None else None
+    if checkpoint is not None:
+        checkpoint.set_callbacks(callbacks)
+        callbacks.append(checkpoint)
+    history: dict[str, list[float]] = {}
+    before = 0.0
+    if restored is not None:
+        for epoch, metrics in enumerate(restored.reported, start=1):
+            reporter.report(epoch, metrics)
+        history, before = restored.history, restored.train_seconds
+    if checkpoint is not None:
+        checkpoint.reported = reporter.reported  # saved with every epoch, to be replayed
     started = time.perf_counter()
-    history = model.fit(
-        train_data,
-        validation_data=validation_data,
-        epochs=epochs,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles (buffer 1000); Keras would only warn
-        verbose=0,
-    )
-    seconds = time.perf_counter() - started
+    if restored is None or not restored.finished:
+        fitted = model.fit(
+            train_data,
+            validation_data=validation_data,
+            epochs=epochs,
+            initial_epoch=restored.epochs_done if restored is not None else 0,
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles (buffer 1000); Keras would only warn
+            verbose=0,
+        )
+        for key, values in fitted.history.items():
+            history[key] = [*history.get(key, []), *(float(v) for v in values)]
+    if checkpoint is not None and checkpoint.paused:
+        raise TrainingPaused(len(reporter.epoch_seconds), epochs, checkpoint.directory)
+    seconds = before + time.perf_counter() - started
     return TrainingResult(
-        history={key: [float(v) for v in values] for key, values in history.history.items()},
+        history=history,
         train_seconds=seconds,
         train_images=train_images,
         epochs=len(reporter.epoch_seconds),  # fewer than asked when stopped early
         epoch_seconds=reporter.epoch_seconds,
         reporting_seconds=reporter.reporting_seconds,
         callbacks=[type(callback).__name__ for callback in callbacks],
+        resumed_at_epoch=restored.epochs_done if restored is not None else 0,
     )
 
 
@@ -174,11 +210,17 @@ def fit_head(
     config: RunConfig,
     cache_dir: str,
     on_epoch: EpochLogger | None = None,
+    checkpoint_dir: Path | None = None,
+    until: float | None = None,
 ) -> TrainingResult:
     """Compile ``model`` (from ``build_training_model``) as the run's recipe trains, train it
     on the cached train split (its ``train_fraction``), validating on the validation split;
     then recompute BatchNorm's statistics over training batches ("precise BN"), so the
-    model that is scored and saved does not carry Keras' lagging moving averages."""
+    model that is scored and saved does not carry Keras' lagging moving averages.
+
+    ``checkpoint_dir`` (one folder per model) makes the fit resumable: it saves after every
+    epoch and goes on from there when called again; ``until`` (seconds since the epoch)
+    pauses it at the last epoch that ends before then (``gap_models.checkpoints``)."""
     train_images, train_labels = load_train(cache_dir, config.train_fraction)
     val_images, val_labels = load_split(cache_dir, records.SELECTION_SPLIT)
     steps_per_epoch = -(-len(train_labels) // config.batch_size)
@@ -197,6 +239,9 @@ def fit_head(
         on_epoch=on_epoch,
         recipe=config.recipe,
         calibration_data=calibration,
+        checkpoint=(
+            EpochCheckpoint(checkpoint_dir, config.epochs, until) if checkpoint_dir else None
+        ),
     )
     started = time.perf_counter()
     result.recalibration_batches = recalibrate_batch_norm(model, calibration)

@@ -3,17 +3,22 @@ training it with every epoch logged, scoring it, and the trained run handed on b
 
 The Prefect tasks call ``train_cell`` and ``evaluate_cell``; the core (gap_models) does the
 work, this module records it. A finished cell of an interrupted flow run whose key (data,
-head, seed, training settings, code version) matches is adopted instead of retrained.
+head, seed, training settings, code version) matches is adopted instead of retrained; one
+interrupted while training goes on from its checkpoint (``checkpoint_dir``), and
+``COMPARE_HEADS_TRAIN_UNTIL`` pauses training at a deadline (``train_until``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import resource
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from gap_models import identity, protocols, records
+from gap_models.checkpoints import checkpoint_dir, checkpointed_epochs, remove_checkpoint
 from gap_models.config import RunConfig
 from gap_models.data import cached_class_names, default_cache_dir, read_manifest
 from gap_models.evaluation import score_cell
@@ -33,6 +38,28 @@ from tracking.runs import (
     log_predictions,
     scores,
 )
+
+TRAIN_UNTIL_ENV = "COMPARE_HEADS_TRAIN_UNTIL"
+
+
+def train_until() -> float | None:
+    """``$COMPARE_HEADS_TRAIN_UNTIL`` as seconds since 1970: a time (ISO 8601, local when it
+    names no zone) or seconds since 1970 after which no epoch starts that would end past it.
+    A model stopped there keeps its checkpoint; the next run of it resumes. None: unset."""
+    value = os.environ.get(TRAIN_UNTIL_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"{TRAIN_UNTIL_ENV}={value!r} is not a time: give an ISO 8601 time "
+            "(2026-12-03T18:00, local unless it names a zone) or seconds since 1970"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -187,7 +214,15 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
             )
             logger.info(line)
 
-        result = fit_head(model, job.seed, job.config, job.cache_dir, on_epoch)
+        saved = checkpoint_dir(key)
+        if done := checkpointed_epochs(saved):
+            logger.info(
+                "%s: resuming from its checkpoint after epoch %d of %d (%s)",
+                job.label, done, job.config.epochs, saved,
+            )  # fmt: skip
+        result = fit_head(
+            model, job.seed, job.config, job.cache_dir, on_epoch, saved, train_until()
+        )
         if _replays(job):  # the next head of the chain starts from this backbone
             chain = (*protocols.predecessors(job.head), job.head)
             key = protocols.step_key(job.identity(), chain)
@@ -197,6 +232,7 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
         log_params(mlflow_client, run_id, {records.CALLBACKS: ",".join(result.callbacks)})
         stock = with_stock_layers(model)  # loadable by any Keras / MLflow process
         model_uri = log_image_model(mlflow_client, run_id, stock, classes, pip_requirements())
+        remove_checkpoint(saved)
     logger.info("%s: %.0f images/s; model %s", job.label, result.images_per_second, model_uri)
     return TrainedRun(
         job.head,

@@ -12,12 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from flows.study import cell_states, run_study, status_lines
 from gap_models import records
+from gap_models.checkpoints import checkpoint_dir
 from gap_models.studies import load_study
 from gap_models.study_records import read_data_file, read_record, records_dir
 from tests.fixtures import make_pet_images
+from tracking.cells import TRAIN_UNTIL_ENV
+from tracking.runs import tracking_uri as current_tracking_uri
 
 pytestmark = pytest.mark.integration
 
@@ -113,11 +117,32 @@ def test_a_killed_study_resumes_every_cell_once_and_a_budget_stops_it(study_root
     assert lines[-1].startswith("4 done, 0 missing, 0 stale")
 
 
-def test_a_record_of_older_code_is_stale_and_retrained(study_root):
+def test_a_paused_cell_resumes_and_a_record_of_older_code_is_stale(study_root, monkeypatch):
     one = STUDY.replace('heads = ["gap", "fc"]', 'heads = ["gap"]').replace("[0, 1]", "[0]")
     one = one.replace('family = [["gap", "fc"]]', "family = []").replace(
         'equivalence = [["gap", "fc"]]', "equivalence = []"
     )
+    (study_root / "studies" / "one.toml").write_text(one.replace("epochs = [1]", "epochs = [2]"))
+    # A deadline long past: the fit pauses after its first epoch, its checkpoint kept.
+    monkeypatch.setenv(TRAIN_UNTIL_ENV, "0")
+    said: list[str] = []
+    left = run_study("one", root=study_root, say=said.append)
+    assert [s.state for s in left] == ["missing"]
+    assert any(line.startswith("paused gap seed 0 after epoch 1 of 2") for line in said), said
+    lines, _ = status_lines(study_root, "one")
+    assert "(resumes after epoch 1 of 2)" in lines[1]
+    monkeypatch.delenv(TRAIN_UNTIL_ENV)
+    assert run_study("one", root=study_root) == []
+    (path,) = [p for p in records_dir(study_root, "one").glob("gap-*.json")]
+    resumed = read_record(path)
+    assert resumed.extra_metrics[records.RESUMED_AT_EPOCH] == 1
+    assert len(resumed.result.history[records.VAL_ACCURACY]) == 2  # the first epoch replayed
+    client = MlflowClient(current_tracking_uri())
+    runs = client.search_runs(client.get_experiment_by_name("compare-heads").experiment_id)
+    children = sorted(r.info.status for r in runs if r.info.run_name == "gap-seed0")
+    assert children == ["FAILED", "FINISHED"]  # the paused attempt, then the resumed one
+    assert not checkpoint_dir(resumed.key).exists()  # removed once the model was logged
+
     (study_root / "studies" / "one.toml").write_text(one)
     assert run_study("one", root=study_root) == []
     (path,) = [p for p in records_dir(study_root, "one").glob("gap-*.json")]

@@ -1,0 +1,108 @@
+"""A fit checkpointed after every epoch: paused at a deadline, resumed where it stopped with
+its optimizer and early stopping's state, never confused by a half-written save."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gap_models.checkpoints import (
+    LATEST,
+    STATE,
+    EpochCheckpoint,
+    TrainingPaused,
+    checkpointed_epochs,
+)
+from gap_models.data import make_dataset
+from gap_models.models import build_model
+from gap_models.recipes import compile_for_recipe
+from gap_models.training import train_model
+from tests.unit.test_training import _tiny_set
+
+EPOCHS = 4
+BATCH = 16
+
+
+def _fit(directory, until=None, seen=None, epochs=EPOCHS):
+    """A tiny gap model under the convergence recipe (schedule, early stopping, precise
+    BatchNorm), checkpointed in ``directory``; returns the model and the result."""
+    images, labels = _tiny_set(64)
+    model = build_model("gap", image_size=40, seed=0)
+    compile_for_recipe(model, "converge", 0.01, len(labels) // BATCH, epochs)
+    result = train_model(
+        model,
+        make_dataset(images, labels, BATCH, shuffle_seed=0),
+        make_dataset(images[:32], labels[:32], BATCH),
+        epochs,
+        train_images=len(labels),
+        on_epoch=lambda epoch, metrics: (seen if seen is not None else []).append(epoch),
+        recipe="converge",
+        calibration_data=make_dataset(images, labels, BATCH),
+        checkpoint=EpochCheckpoint(directory, epochs, until),
+    )
+    return model, result
+
+
+def _state(directory) -> dict:
+    folder = directory / (directory / LATEST).read_text()
+    return json.loads((folder / STATE).read_text())
+
+
+def test_a_paused_fit_resumes_with_its_schedule_and_early_stopping_state(tmp_path):
+    directory = tmp_path / "cell"
+    with pytest.raises(TrainingPaused, match="after epoch 1 of 4") as paused:
+        _fit(directory, until=0.0)  # a deadline long past: one epoch, then a pause
+    assert paused.value.epochs_done == 1 and checkpointed_epochs(directory) == 1
+    first = _state(directory)
+    assert first["finished"] is False and len(first["history"]["val_accuracy"]) == 1
+
+    # Early stopping's best score made unreachable: if the resumed fit did not carry it
+    # on, an epoch would beat it. Kept, no epoch does, and at the end early stopping
+    # restores the weights it saved as best: those of epoch 1.
+    first["callbacks"]["0"]["best"] = 2.0
+    folder = directory / (directory / LATEST).read_text()
+    (folder / STATE).write_text(json.dumps(first))
+    epoch_one = build_model("gap", image_size=40, seed=0)
+    compile_for_recipe(epoch_one, "converge", 0.01, 64 // BATCH, EPOCHS)
+    epoch_one.optimizer.build(epoch_one.trainable_variables)
+    epoch_one.load_weights(folder / "model.weights.h5")
+
+    seen: list[int] = []
+    model, result = _fit(directory, seen=seen)
+    assert seen == [1, 2, 3, 4]  # epoch 1 replayed to the caller, then three trained
+    assert result.epochs == EPOCHS and result.resumed_at_epoch == 1
+    assert all(len(values) == EPOCHS for values in result.history.values())
+    assert int(model.optimizer.iterations) == EPOCHS * (64 // BATCH)  # the schedule went on
+    end = _state(directory)
+    assert end["finished"] and end["callbacks"]["0"]["best"] == 2.0
+    assert end["callbacks"]["0"]["wait"] == 3  # three epochs without beating it
+    for kept, restored in zip(epoch_one.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(kept, restored)
+
+    # Killed after the fit but before the model was stored: nothing is trained again.
+    seen.clear()
+    again, replayed = _fit(directory, seen=seen)
+    assert seen == [1, 2, 3, 4] and replayed.history == result.history
+    for left, right in zip(model.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(left, right)
+
+
+def test_half_written_or_foreign_checkpoints_are_never_resumed(tmp_path):
+    directory = tmp_path / "cell"
+    with pytest.raises(TrainingPaused):
+        _fit(directory, until=0.0)
+    # A save killed half-way leaves a hidden partial folder: ignored, the last epoch stands.
+    (directory / ".epoch-002.partial-99").mkdir()
+    assert checkpointed_epochs(directory) == 1
+    # Another length of training (other settings): set aside, trained from the start.
+    seen: list[int] = []
+    _fit(directory, seen=seen, epochs=2)
+    assert seen == [1, 2] and _state(directory)["epochs"] == 2
+    # An unreadable pointer: no checkpoint, nothing raised.
+    (directory / LATEST).write_text("epoch-007")
+    assert checkpointed_epochs(directory) == 0
+    seen.clear()
+    _fit(directory, seen=seen, epochs=2)
+    assert seen == [1, 2]
