@@ -110,8 +110,10 @@ def test_two_simultaneous_runs_both_complete_and_one_champion_wins(fault_service
     assert promoted.data.metrics["challenger_test_accuracy"] == best
 
 
-def test_worker_killed_mid_training_rerun_reuses_finished_work(fault_services, pet_images):
-    epochs = 24  # a window of epochs 2 to 18 to be caught in; the rerun trains fc in full
+def test_worker_killed_mid_training_rerun_reuses_finished_work_and_resumes_the_rest(
+    fault_services, pet_images
+):
+    epochs = 24  # a window of epochs 2 to 18 to be caught in; the rerun finishes fc
     params = {"source": str(pet_images), **SMALL, "epochs": epochs, "heads": ["gap", "fc"]}
     killed_run = start_deployment(fault_services, ON_DEMAND, params)
     interrupted = training_in_progress(fault_services, killed_run, "fc", epochs)
@@ -138,9 +140,15 @@ def test_worker_killed_mid_training_rerun_reuses_finished_work(fault_services, p
     # gap had finished before the kill: its run is adopted, not retrained.
     assert children["gap"].info.run_id == finished_gap.info.run_id
     assert children["gap"].data.tags["compare_heads.resumed_from_parent"]
-    # fc was interrupted: trained again in a new run; the old one is closed as FAILED.
+    # fc was interrupted: a new run goes on from its last saved epoch (the checkpoint the
+    # worker's process left), every epoch in its curves; the old one is closed as FAILED.
     assert children["fc"].info.run_id != interrupted.info.run_id
     assert children["fc"].info.status == "FINISHED"
+    assert children["fc"].data.metrics["resumed_at_epoch"] >= 1
+    curve = mlflow_client(fault_services).get_metric_history(
+        children["fc"].info.run_id, "val_accuracy"
+    )
+    assert sorted(point.step for point in curve) == list(range(1, epochs + 1))
     old = mlflow_client(fault_services).get_run(interrupted.info.run_id)
     assert old.info.status == "FAILED"
     assert "ended without closing" in old.data.tags["compare_heads.failure"]
