@@ -61,6 +61,18 @@ def _provenance(cell_records, name: str) -> str:
         f"Cells trained: {trained}; code version {', '.join(versions)}; recorded "
         f"{dates[0]} to {dates[-1]}."
     )
+    resumed = [
+        f"{r.arm} seed {r.seed} after epoch {r.extra_metrics[records.RESUMED_AT_EPOCH]:.0f}"
+        for r in cell_records
+        if r.extra_metrics.get(records.RESUMED_AT_EPOCH)
+    ]
+    if resumed:
+        text += (
+            f" {len(resumed)} of them paused at a session's end and resumed from a checkpoint "
+            f"({', '.join(resumed)}): the same recipe, but the shuffle and augmentation "
+            "draws of their later epochs started again, so they are not bit for bit what one "
+            "uninterrupted fit makes."
+        )
     stale = _stale(cell_records)
     if stale:
         text += (

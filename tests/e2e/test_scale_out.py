@@ -275,6 +275,8 @@ def test_models_train_on_both_dask_workers_and_a_lost_one_loses_no_model(
     head = victim_run.data.tags["head"]
     assert children[(head, 0)].info.run_id != victim_run.info.run_id
     assert children[(head, 0)].data.tags[WORKER_TAG] != victim_run.data.tags[WORKER_TAG]
+    # ... from the lost attempt's last saved epoch (the workers share one cache folder).
+    assert children[(head, 0)].data.metrics["resumed_at_epoch"] >= 1
     assert running_children(services, parent.info.run_id) == []
     # The two models of the long run trained on the two workers at once: the survivor's
     # model finished there, and the lost one had started on the other.

@@ -147,10 +147,19 @@ def test_a_learning_curve_and_the_capacity_figure_draw_one_line_per_head(tmp_pat
     assert capacity.get_xscale() == "log" and len(capacity.get_legend().get_texts()) == 6
 
 
-def test_a_partial_study_says_what_is_missing(tmp_path):
+def test_a_partial_study_says_what_is_missing_and_which_cells_were_resumed(tmp_path):
     _write_study(tmp_path, with_seed2=False)
+    path = record_path(tmp_path, "synthetic", "gap-seed1")
+    record = read_record(path)
+    record.extra_metrics[records.RESUMED_AT_EPOCH] = 12.0  # paused after epoch 12, resumed
+    write_json_atomically(path, record.to_json())
     section, _ = render(tmp_path, "synthetic", "x", draw=False)
     assert "Not yet recorded: fc seed 2, gap seed 2." in section
+    assert (
+        "1 of them paused at a session's end and resumed from a checkpoint (gap seed 1 "
+        in (section)
+        and "after epoch 12)" in section
+    )
 
 
 def test_a_study_file_names_its_arms_and_explicit_precision(tmp_path):
