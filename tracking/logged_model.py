@@ -132,21 +132,84 @@ print("serves:", table["label"].iloc[0])
 """
 
 
+SERVING_KIND_PARAMS: tuple[str, ...] = (
+    records.HEAD,
+    "backbone",
+    "batch_norm",
+    "precision",
+    "image_size",
+    records.TRAINABLE_PARAMS,
+    records.CODE_VERSION,
+)
+"""A logged model's run parameters that decide its architecture (its weights do not decide
+whether it loads)."""
+
+
+def serving_kind(model_uri: str) -> str:
+    """24 hex digits naming everything that decides whether a logged model loads and
+    predicts in a fresh process: the pyfunc's and the shipped modules' code, this module's,
+    the requirements and the libraries that load it, Python, and the model's architecture
+    (``SERVING_KIND_PARAMS`` of its run). Two models of one kind differ only in weights."""
+    import hashlib
+    import json
+    import sys
+
+    run_id = mlflow.models.get_model_info(model_uri).run_id
+    params = client().get_run(run_id).data.params if run_id else {}
+    digest = hashlib.sha256()
+    for path in (IMAGE_MODEL_CODE, *SHIPPED_CODE, Path(__file__)):
+        digest.update(path.read_bytes())
+    shape = {name: params.get(name) for name in SERVING_KIND_PARAMS}
+    setting = [shape, pip_requirements(), mlflow.__version__, sys.version, run_id is None]
+    digest.update(json.dumps(setting, sort_keys=True).encode())
+    return digest.hexdigest()[:24]
+
+
+def _passed_marker(model_uri: str) -> Path:
+    from gap_models.data import default_cache_dir
+
+    return default_cache_dir() / "serving-checks" / serving_kind(model_uri)
+
+
 class ServingCheck:
-    """``serving_problem``, started now and answered later: the fresh process loads the
-    model while the caller goes on (the flow draws its report meanwhile)."""
+    """Load a logged model with ``mlflow.pyfunc`` in a fresh Python process (nothing of this
+    one imported, as ``mlflow models serve`` loads it) and classify one photo; started now
+    and answered later by ``problem``: the fresh process loads the model while the caller
+    goes on (the flow draws its report meanwhile).
+
+    A model of a kind (``serving_kind``) that has already loaded and predicted in a fresh
+    process on this machine is not loaded again (that costs a process with TensorFlow, 15 s
+    or more on 2 cores): ``shown_by`` names the model that showed it. Its own artifacts
+    were loaded back from the store when it was scored."""
 
     def __init__(self, model_uri: str) -> None:
         import subprocess
         import sys
 
         self.model_uri = model_uri
+        self._marker = _passed_marker(model_uri)
+        self.shown_by: str | None = None
+        self._answer: tuple[str | None] | None = None
+        self._process = None
+        if self._marker.is_file():
+            self.shown_by = self._marker.read_text().strip() or "an earlier model"
+            self._answer = (None,)
+            return
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "TF_CPP_MIN_LOG_LEVEL": "2"}
         self._process = subprocess.Popen(
             [sys.executable, "-c", _SERVE_CHECK, model_uri], env=env, cwd=tempfile.gettempdir(),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        self._answer: tuple[str | None] | None = None
+
+    @property
+    def verdict(self) -> str:
+        """What a promotion says about it (once ``problem`` returned None)."""
+        if self.shown_by is None:
+            return "loads and predicts in a fresh process"
+        return (
+            "a model of its kind (the same architecture, code and libraries) loaded and "
+            f"predicted in a fresh process ({self.shown_by})"
+        )
 
     def problem(self) -> str | None:
         """None when the model loaded and predicted, else what went wrong (the last lines
@@ -167,11 +230,13 @@ class ServingCheck:
             tail = "\n".join(output.strip().splitlines()[-5:])
             failed = f"{self.model_uri} does not load and predict in a fresh process: {tail}"
             self._answer = (None if self._process.returncode == 0 else failed,)
+            if self._process.returncode == 0:
+                _write_atomically(self._marker, self.model_uri)
         return self._answer[0]
 
 
-def serving_problem(model_uri: str) -> str | None:
-    """Load the logged model with ``mlflow.pyfunc`` in a fresh Python process (nothing of
-    this one imported, as ``mlflow models serve`` loads it) and classify one photo; None when
-    that works, else what went wrong (the last lines of its output)."""
-    return ServingCheck(model_uri).problem()
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)

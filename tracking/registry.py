@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,6 @@ from tracking.logged_model import (
     ServingCheck,
     load_logged_model,
     logged_class_names,
-    serving_problem,
 )
 from tracking.runs import log_metrics
 
@@ -134,14 +134,15 @@ def _gate(client, name: str, candidate: RunResult, cache_dir: str, champion, ser
         )
         if not decision.promote:
             return False, decision.reason, decision
-    if serving is not None and serving.model_uri == candidate.model_uri:
-        problem = serving.problem()
-    else:
-        problem = serving_problem(candidate.model_uri)
+    if not math.isfinite(candidate.test_metrics.get(records.TEST_LOSS, 0.0)):
+        return False, "its test loss is not a finite number (a diverged model)", decision
+    if serving is None or serving.model_uri != candidate.model_uri:
+        serving = ServingCheck(candidate.model_uri)
+    problem = serving.problem()
     if problem is not None:
         return False, problem, decision
     reason = decision.reason if decision else "no champion yet"
-    return True, reason + "; loads and predicts in a fresh process", decision
+    return True, f"{reason}; {serving.verdict}", decision
 
 
 def decide(

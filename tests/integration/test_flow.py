@@ -121,7 +121,7 @@ def test_one_child_per_head_with_spec_params_and_metrics(flow_result):
         assert params["cpu_flags"] == detect().reported_flags()
         assert params["code_version"] == code_version()
         # The faithful recipe: nothing but the epoch reporter inside fit, no augmentation.
-        assert params["callbacks"] == "EpochReporter"
+        assert params["callbacks"] == "EpochReporter,EpochCheckpoint"
         assert metrics["augmentation_mean_abs_change"] == 0 and metrics["epochs_run"] == EPOCHS
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             history = client.get_metric_history(run.info.run_id, key)
@@ -211,6 +211,23 @@ def test_champion_registered(flow_result):
     assert float(version.tags["test_accuracy"]) == pytest.approx(test_accuracy, abs=1e-6)
     metrics = client.get_run(summary.parent_run_id).data.metrics
     assert metrics["challenger_val_accuracy"] == pytest.approx(val[winner])
+
+
+def test_a_model_of_a_kind_already_served_is_not_loaded_in_a_fresh_process_again(flow_result):
+    """The champion's fresh-process check ran (the first model of its kind); a model that
+    differs from it only in weights (another seed) is taken as shown, another head is not."""
+    from tracking.logged_model import ServingCheck, serving_kind
+
+    summary, _client, _ = flow_result
+    assert summary.promotion.reason.endswith("; loads and predicts in a fresh process")
+    promoted = next(run for run in summary.trained if run.run_id == summary.promotion.run_id)
+    sibling = next(r for r in summary.trained if r.head == promoted.head and r is not promoted)
+    other = next(run for run in summary.trained if run.head != promoted.head)
+    assert serving_kind(sibling.model_uri) == serving_kind(promoted.model_uri)
+    assert serving_kind(other.model_uri) != serving_kind(promoted.model_uri)
+    check = ServingCheck(sibling.model_uri)
+    assert check.problem() is None and check.shown_by == promoted.model_uri
+    assert promoted.model_uri in check.verdict and "a model of its kind" in check.verdict
 
 
 def test_second_run_reuses_cache(flow_result, monkeypatch):

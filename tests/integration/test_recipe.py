@@ -32,7 +32,7 @@ def test_convergence_recipe_on_the_deep_backbone_is_logged(tmp_path, tracking_ur
     # It really ran: the recipe's callbacks were inside fit, the training batches changed,
     # and it trained on half the training split (scored on photos it trained on).
     assert child.data.params["callbacks"] == (
-        "PreciseBatchNormValidation,EarlyStopping,EpochReporter"
+        "PreciseBatchNormValidation,EarlyStopping,EpochReporter,EpochCheckpoint"
     )
     assert child.data.metrics[records.AUGMENTATION_CHANGE] > 1.0  # pixels of 0-255
     assert 1 <= child.data.metrics[records.EPOCHS_TO_BEST] <= 2
