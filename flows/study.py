@@ -138,12 +138,13 @@ def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
         },
         flops_per_image=int(float(tracked.params[records.FLOPS_PER_IMAGE])),
         train_images=round((train_images(root, study, state.data) or 0) * config.train_fraction),
-        # An adopted run (trained by a killed attempt) took its own time, not this wait.
+        # An adopted run (trained by a killed attempt) took its own time, not this wait; a
+        # resumed one this wait and its earlier sessions' training (its train_seconds).
         cell_seconds=(
             tracked.metrics[records.TRAIN_SECONDS]
             + tracked.metrics.get(records.EVALUATE_SECONDS, 0.0)
             if result.trained[0].reused
-            else time.perf_counter() - started
+            else time.perf_counter() - started + _earlier_seconds(tracked.metrics)
         ),
         extra_metrics={
             k: v
@@ -235,6 +236,14 @@ def run_study(name: str, budget_minutes: float | None = None, root: Path | None 
                 )
                 break
     return [s for s in cell_states(root, study) if s.state != "done"]
+
+
+def _earlier_seconds(metrics: dict[str, float]) -> float:
+    """A resumed cell's training in earlier sessions (its epochs before the checkpoint), so
+    its record's time, and the CPU's rate measured from records, cover the whole cell."""
+    done = metrics.get(records.RESUMED_AT_EPOCH, 0.0)
+    epochs = metrics.get(records.EPOCHS_RUN, 0.0)
+    return metrics[records.TRAIN_SECONDS] * done / epochs if done and epochs else 0.0
 
 
 def _adopt_record(root: Path, study: Study, state: CellState, existing: Path, target: Path) -> None:

@@ -52,7 +52,9 @@ def start_serving_check(trained_runs: list[TrainedRun]) -> ServingCheck:
     comparison is drawn, instead of after it."""
     mlflow_client = client()
     results = [runs.fetch_result(mlflow_client, trained.run_id) for trained in trained_runs]
-    return ServingCheck(best_seed(results, best_head(summarize(results))).model_uri)
+    chosen = best_seed(results, best_head(summarize(results)))
+    logged_now = any(t.run_id == chosen.run_id and not t.reused for t in trained_runs)
+    return ServingCheck(chosen.model_uri, by_kind=logged_now)
 
 
 @task(name="promote", cache_policy=NONE)

@@ -10,9 +10,12 @@ interrupted while training goes on from its checkpoint (``checkpoint_dir``), and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import resource
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +65,26 @@ def train_until() -> float | None:
         ) from None
 
 
+@contextlib.contextmanager
+def claimed_checkpoint(key: str) -> Iterator[Path | None]:
+    """The checkpoint folder of the model with this key, for this process alone while the
+    block runs (an exclusive lock on a sibling file, released by the system if the process
+    dies); None when another process holds it (the same model trained twice at once, or a
+    Dask worker taken for lost that still runs): then this one trains without checkpoints."""
+    folder = checkpoint_dir(key)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f"{folder.name}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        try:
+            yield folder
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @dataclass(frozen=True)
 class CellJob:
     """Everything one cell's training needs: small and picklable, so a Dask worker gets it
@@ -105,6 +128,7 @@ class TrainedRun:
     reused: bool = False
     compute_seconds: float = 0.0  # fit + BatchNorm recalibration, this flow run only
     train_fraction: float = 1.0  # of the training split it trained on (what it is scored on)
+    checkpoint_key: str = ""  # its training's checkpoint, removed once the run is scored
 
 
 def _replays(job: CellJob) -> bool:
@@ -214,15 +238,21 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
             )
             logger.info(line)
 
-        saved = checkpoint_dir(key)
-        if done := checkpointed_epochs(saved):
-            logger.info(
-                "%s: resuming from its checkpoint after epoch %d of %d (%s)",
-                job.label, done, job.config.epochs, saved,
-            )  # fmt: skip
-        result = fit_head(
-            model, job.seed, job.config, job.cache_dir, on_epoch, saved, train_until()
-        )
+        with claimed_checkpoint(key) as saved:
+            if saved is None:
+                logger.warning(
+                    "%s: another process is training this model now: this one trains "
+                    "without checkpoints", job.label,
+                )  # fmt: skip
+            elif done := checkpointed_epochs(saved):
+                logger.info(
+                    "%s: resuming from its checkpoint after epoch %d of %d (%s)",
+                    job.label, done, job.config.epochs, saved,
+                )  # fmt: skip
+            result = fit_head(
+                model, job.seed, job.config, job.cache_dir, on_epoch, saved, train_until()
+            )
+        checkpoint_key = key if saved is not None else ""
         if _replays(job):  # the next head of the chain starts from this backbone
             chain = (*protocols.predecessors(job.head), job.head)
             key = protocols.step_key(job.identity(), chain)
@@ -232,7 +262,6 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
         log_params(mlflow_client, run_id, {records.CALLBACKS: ",".join(result.callbacks)})
         stock = with_stock_layers(model)  # loadable by any Keras / MLflow process
         model_uri = log_image_model(mlflow_client, run_id, stock, classes, pip_requirements())
-        remove_checkpoint(saved)
     logger.info("%s: %.0f images/s; model %s", job.label, result.images_per_second, model_uri)
     return TrainedRun(
         job.head,
@@ -242,6 +271,7 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
         params,
         compute_seconds=result.compute_seconds,
         train_fraction=job.config.train_fraction,
+        checkpoint_key=checkpoint_key,
     )
 
 
@@ -250,7 +280,8 @@ def evaluate_cell(
 ) -> dict[str, float]:
     """Score the logged model, loaded back from MLflow, on the test split (as is, and shifted
     for the translation claim) and on the validation split; log the scores and close the
-    run. An adopted run keeps the scores it already has."""
+    run, then remove its training's checkpoint. An adopted run keeps the scores it already
+    has."""
     mlflow_client = client()
     if trained.reused:
         return scores(mlflow_client, trained.run_id)
@@ -265,4 +296,8 @@ def evaluate_cell(
         )
         log_metrics(mlflow_client, trained.run_id, scored.metrics)
         log_predictions(mlflow_client, trained.run_id, scored)
+    if trained.checkpoint_key:  # the run is finished and scored: adopted from now on
+        with claimed_checkpoint(trained.checkpoint_key) as folder:
+            if folder is not None:  # else another process resumes it, and removes it
+                remove_checkpoint(folder)
     return scored.metrics

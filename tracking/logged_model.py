@@ -149,7 +149,8 @@ def serving_kind(model_uri: str) -> str:
     """24 hex digits naming everything that decides whether a logged model loads and
     predicts in a fresh process: the pyfunc's and the shipped modules' code, this module's,
     the requirements and the libraries that load it, Python, and the model's architecture
-    (``SERVING_KIND_PARAMS`` of its run). Two models of one kind differ only in weights."""
+    (``SERVING_KIND_PARAMS`` of its run). Two models of one kind logged by this code differ
+    only in weights."""
     import hashlib
     import json
     import sys
@@ -177,21 +178,24 @@ class ServingCheck:
     and answered later by ``problem``: the fresh process loads the model while the caller
     goes on (the flow draws its report meanwhile).
 
-    A model of a kind (``serving_kind``) that has already loaded and predicted in a fresh
-    process on this machine is not loaded again (that costs a process with TensorFlow, 15 s
-    or more on 2 cores): ``shown_by`` names the model that showed it. Its own artifacts
-    were loaded back from the store when it was scored."""
+    With ``by_kind`` (a model this process's code has just logged), a model of a kind
+    (``serving_kind``) that has already loaded and predicted in a fresh process on this
+    machine is not loaded again (that costs a process with TensorFlow, 15 s or more on 2
+    cores): ``shown_by`` names the model that showed it. Its own artifacts were loaded back
+    from the store when it was scored. A model logged earlier (a reused run) may have been
+    logged by other code or libraries than the kind names: it is always loaded."""
 
-    def __init__(self, model_uri: str) -> None:
+    def __init__(self, model_uri: str, by_kind: bool = False) -> None:
         import subprocess
         import sys
 
         self.model_uri = model_uri
+        self._by_kind = by_kind  # only what this code logged shows its kind
         self._marker = _passed_marker(model_uri)
         self.shown_by: str | None = None
         self._answer: tuple[str | None] | None = None
         self._process = None
-        if self._marker.is_file():
+        if by_kind and self._marker.is_file():
             self.shown_by = self._marker.read_text().strip() or "an earlier model"
             self._answer = (None,)
             return
@@ -230,7 +234,7 @@ class ServingCheck:
             tail = "\n".join(output.strip().splitlines()[-5:])
             failed = f"{self.model_uri} does not load and predict in a fresh process: {tail}"
             self._answer = (None if self._process.returncode == 0 else failed,)
-            if self._process.returncode == 0:
+            if self._process.returncode == 0 and self._by_kind:
                 _write_atomically(self._marker, self.model_uri)
         return self._answer[0]
 

@@ -93,8 +93,11 @@ def test_two_simultaneous_runs_both_complete_and_one_champion_wins(fault_service
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     # One preprocessing result, complete, no temporary folder left behind.
     cache = fault_services.home / "cache"
-    folders = [path.name for path in cache.iterdir() if path.name != "manifests"]  # the plan's
+    others = ("manifests", "checkpoints", "serving-checks")  # the plan's, training's, promotion's
+    folders = [path.name for path in cache.iterdir() if path.name not in others]
     assert len(folders) == 1 and not folders[0].startswith(".tmp"), folders
+    # The same model trained twice at once: one kept checkpoints, both are gone once scored.
+    assert not [path for path in (cache / "checkpoints").iterdir() if path.is_dir()]
     assert (cache / folders[0] / "manifest.json").exists()
     assert parents[0].data.metrics["images_used"] == parents[1].data.metrics["images_used"]
     # Identical settings train identical models: the promotion slot lets exactly one become

@@ -214,8 +214,9 @@ def test_champion_registered(flow_result):
 
 
 def test_a_model_of_a_kind_already_served_is_not_loaded_in_a_fresh_process_again(flow_result):
-    """The champion's fresh-process check ran (the first model of its kind); a model that
-    differs from it only in weights (another seed) is taken as shown, another head is not."""
+    """The champion's fresh-process check ran (the first model of its kind); a model logged
+    by the same code that differs from it only in weights (another seed) is taken as
+    shown, another head is not."""
     from tracking.logged_model import ServingCheck, serving_kind
 
     summary, _client, _ = flow_result
@@ -225,9 +226,13 @@ def test_a_model_of_a_kind_already_served_is_not_loaded_in_a_fresh_process_again
     other = next(run for run in summary.trained if run.head != promoted.head)
     assert serving_kind(sibling.model_uri) == serving_kind(promoted.model_uri)
     assert serving_kind(other.model_uri) != serving_kind(promoted.model_uri)
-    check = ServingCheck(sibling.model_uri)
+    check = ServingCheck(sibling.model_uri, by_kind=True)
     assert check.problem() is None and check.shown_by == promoted.model_uri
     assert promoted.model_uri in check.verdict and "a model of its kind" in check.verdict
+    # A model not logged just now (a reused run, maybe by older code) is always loaded.
+    reused = ServingCheck(sibling.model_uri)
+    assert reused.problem() is None and reused.shown_by is None
+    assert reused.verdict == "loads and predicts in a fresh process"
 
 
 def test_second_run_reuses_cache(flow_result, monkeypatch):

@@ -106,3 +106,19 @@ def test_half_written_or_foreign_checkpoints_are_never_resumed(tmp_path):
     seen.clear()
     _fit(directory, seen=seen, epochs=2)
     assert seen == [1, 2]
+
+
+def test_only_one_trainer_of_a_model_keeps_its_checkpoint_at_a_time(tmp_path, monkeypatch):
+    """Two runs of the same model at once (or a Dask worker taken for lost that still runs):
+    the second trains without checkpoints instead of writing over the first's."""
+    from gap_models.checkpoints import checkpoint_dir
+    from tracking.cells import claimed_checkpoint
+
+    monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tmp_path))
+    with claimed_checkpoint("cell-key") as first:
+        with claimed_checkpoint("cell-key") as second:
+            assert first == checkpoint_dir("cell-key") and second is None
+        with claimed_checkpoint("other-key") as other:
+            assert other == checkpoint_dir("other-key")
+    with claimed_checkpoint("cell-key") as again:  # released with the block
+        assert again == first

@@ -58,3 +58,16 @@ def test_a_better_average_bought_with_one_class_is_refused():
     assert not decision.promote
     assert decision.reason.startswith("class cat loses 10.00 points of recall (allowed 2)")
     assert decision.recall_change == {"cat": -10.0, "dog": 50.0}
+
+
+def test_a_candidate_whose_test_loss_is_not_finite_is_refused_before_any_load():
+    """A diverged model (NaN outputs) is not promoted, even as the first champion, and no
+    fresh process is spent on it."""
+    from tests.unit.test_training import _result
+    from tracking.registry import _gate
+
+    candidate = _result("gap", 0, 0.5)
+    candidate.test_metrics["test_loss"] = float("nan")
+    promote, reason, decision = _gate(None, "pets", candidate, "", None, None)
+    assert (promote, decision) == (False, None)
+    assert reason == "its test loss is not a finite number (a diverged model)"
