@@ -23,6 +23,7 @@ get ``TrainingPaused``; run the same cell again to continue.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -39,7 +40,9 @@ LATEST = "latest"  # names the folder of the last complete epoch
 STATE = "state.json"
 WEIGHTS = "model.weights.h5"  # the model's weights and the optimizer's variables
 BEST_WEIGHTS = "best_weights.npz"  # early stopping's best weights, when it keeps them
-FORMAT = 1
+FORMAT = 2  # 2: the fit's end decided (``stopping``) is saved; state keys renamed
+
+log = logging.getLogger(__name__)
 
 # The attributes of stateful callbacks that a resumed fit must carry on from (Keras resets
 # them in on_train_begin). Best weights are arrays, kept beside the state.
@@ -69,13 +72,21 @@ class TrainingPaused(RuntimeError):
 @dataclass
 class Restored:
     """What a checkpoint gives back: the epochs done, their history and reported metrics,
-    the seconds they took, and whether the fit had already ended (stopped early or done)."""
+    the seconds they took, whether the fit had already ended (``finished``: its end saved)
+    and whether its last epoch had decided to end it (``stopping``: early stopping fired or
+    the last epoch was done, but the process ended before the fit did)."""
 
     epochs_done: int
     history: dict[str, list[float]] = field(default_factory=dict)
     reported: list[dict[str, float]] = field(default_factory=list)
-    train_seconds: float = 0.0
+    seconds: float = 0.0
     finished: bool = False
+    stopping: bool = False
+
+    def next_epoch(self, epochs: int) -> int:
+        """``fit``'s ``initial_epoch``: the one after the last saved, or ``epochs`` (no
+        epoch trained, only the fit's end) when the fit had decided to end."""
+        return epochs if self.stopping else self.epochs_done
 
 
 def checkpoint_dir(key: str) -> Path:
@@ -163,21 +174,27 @@ class EpochCheckpoint(keras.callbacks.Callback):
             ) from error
         self._restored = state
         self._history = {k: list(v) for k, v in state["history"].items()}
-        self._seconds_before = state["train_seconds"]
+        self._seconds_before = state["seconds_so_far"]
         self._epochs_done = state["epochs_done"]
         return Restored(
             state["epochs_done"],
             {k: list(v) for k, v in state["history"].items()},
             list(state["reported"]),
-            state["train_seconds"],
+            state["seconds_so_far"],
             state["finished"],
+            state["stopping"],
         )
+
+    def overruns(self, epoch_seconds: float) -> bool:
+        """Whether one more epoch this long would end after the deadline: a resumed fit
+        checks before it starts, as every fit does after each epoch."""
+        return self.until is not None and time.time() + epoch_seconds > self.until
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._fit_started = time.perf_counter()
         if self._restored is None:
             return
-        saved = self._restored["callbacks"]
+        saved = self._restored["callback_state"]
         for index, callback in enumerate(self._stateful()):
             values = saved.get(str(index), {})
             for name in CALLBACK_STATE[type(callback)]:
@@ -198,16 +215,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self._history.setdefault(key, []).append(float(value))
         self._epochs_done = epoch + 1
-        finished = bool(self.model.stop_training) or self._epochs_done >= self.epochs
-        self._save(finished=False)  # the fit's end (best weights restored) saves again
-        last = time.perf_counter() - self._epoch_started
-        if not finished and self.until is not None and time.time() + last > self.until:
+        stopping = bool(self.model.stop_training) or self._epochs_done >= self.epochs
+        # the fit's end saves again (after the callbacks' own ends); ``stopping`` tells a
+        # fit resumed from this save, should the process end before then, to train no more
+        self._save(finished=False, stopping=stopping)
+        if not stopping and self.overruns(time.perf_counter() - self._epoch_started):
             self.paused = True
             self.model.stop_training = True
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if not self.paused:  # early stopping has put its best weights back by now
-            self._save(finished=True)
+            self._save(finished=True, stopping=True)
 
     def _stateful(self) -> list[keras.callbacks.Callback]:
         callbacks = getattr(self, "_callbacks", [])
@@ -217,16 +235,31 @@ class EpochCheckpoint(keras.callbacks.Callback):
         """The fit's other callbacks (those in ``CALLBACK_STATE`` are saved and restored)."""
         self._callbacks = list(callbacks)
 
-    def _save(self, finished: bool) -> None:
+    def _save(self, finished: bool, stopping: bool) -> None:
+        """Save the fit as it stands; a save that fails (a full disk, a folder gone) is
+        warned about and training goes on: the fit loses only the chance to resume from
+        this epoch, never the epoch."""
+        try:
+            self._write(finished, stopping)
+        except OSError as error:
+            log.warning(
+                "could not save the checkpoint of epoch %d in %s (%s): training goes on; a "
+                "run that stops now resumes from an earlier save or from the start",
+                self._epochs_done,
+                self.directory,
+                error,
+            )
+
+    def _write(self, finished: bool, stopping: bool) -> None:
         name = f"epoch-{self._epochs_done:03d}{'-end' if finished else ''}"
         folder = self.directory / name
         partial = self.directory / f".{name}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         self.model.save_weights(partial / WEIGHTS)
-        callbacks = {}
+        callback_state = {}
         for index, callback in enumerate(self._stateful()):
-            callbacks[str(index)] = {
+            callback_state[str(index)] = {
                 name: _plain(getattr(callback, name, None))
                 for name in CALLBACK_STATE[type(callback)]
             }
@@ -238,10 +271,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
             "epochs": self.epochs,
             "epochs_done": self._epochs_done,
             "finished": finished,
+            "stopping": stopping,
             "history": self._history,
             "reported": self.reported,
-            "train_seconds": self._seconds_before + time.perf_counter() - self._fit_started,
-            "callbacks": callbacks,
+            "seconds_so_far": self._seconds_before + time.perf_counter() - self._fit_started,
+            "callback_state": callback_state,
         }
         (partial / STATE).write_text(json.dumps(state))
         shutil.rmtree(folder, ignore_errors=True)

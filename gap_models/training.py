@@ -152,16 +152,23 @@ def train_model(
     if restored is not None:
         for epoch, metrics in enumerate(restored.reported, start=1):
             reporter.report(epoch, metrics)
-        history, before = restored.history, restored.train_seconds
+        history, before = restored.history, restored.seconds
     if checkpoint is not None:
         checkpoint.reported = reporter.reported  # saved with every epoch, to be replayed
+    if (
+        restored is not None
+        and not restored.stopping
+        and reporter.epoch_seconds
+        and checkpoint.overruns(reporter.epoch_seconds[-1])
+    ):  # the deadline passed while the fit was stopped: not one more epoch
+        raise TrainingPaused(restored.epochs_done, epochs, checkpoint.directory)
     started = time.perf_counter()
     if restored is None or not restored.finished:
         fitted = model.fit(
             train_data,
             validation_data=validation_data,
             epochs=epochs,
-            initial_epoch=restored.epochs_done if restored is not None else 0,
+            initial_epoch=restored.next_epoch(epochs) if restored is not None else 0,
             callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles (buffer 1000); Keras would only warn
             verbose=0,

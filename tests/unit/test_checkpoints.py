@@ -61,7 +61,7 @@ def test_a_paused_fit_resumes_with_its_schedule_and_early_stopping_state(tmp_pat
     # Early stopping's best score made unreachable: if the resumed fit did not carry it
     # on, an epoch would beat it. Kept, no epoch does, and at the end early stopping
     # restores the weights it saved as best: those of epoch 1.
-    first["callbacks"]["0"]["best"] = 2.0
+    first["callback_state"]["0"]["best"] = 2.0
     folder = directory / (directory / LATEST).read_text()
     (folder / STATE).write_text(json.dumps(first))
     epoch_one = build_model("gap", image_size=40, seed=0)
@@ -76,8 +76,8 @@ def test_a_paused_fit_resumes_with_its_schedule_and_early_stopping_state(tmp_pat
     assert all(len(values) == EPOCHS for values in result.history.values())
     assert int(model.optimizer.iterations) == EPOCHS * (64 // BATCH)  # the schedule went on
     end = _state(directory)
-    assert end["finished"] and end["callbacks"]["0"]["best"] == 2.0
-    assert end["callbacks"]["0"]["wait"] == 3  # three epochs without beating it
+    assert end["finished"] and end["callback_state"]["0"]["best"] == 2.0
+    assert end["callback_state"]["0"]["wait"] == 3  # three epochs without beating it
     for kept, restored in zip(epoch_one.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(kept, restored)
 
@@ -122,3 +122,43 @@ def test_only_one_trainer_of_a_model_keeps_its_checkpoint_at_a_time(tmp_path, mo
             assert other == checkpoint_dir("other-key")
     with claimed_checkpoint("cell-key") as again:  # released with the block
         assert again == first
+
+
+def test_a_fit_that_had_decided_to_end_trains_no_more_when_resumed(tmp_path):
+    """Killed between the epoch that ended the fit (early stopping fired) and the fit's
+    end: the resumed fit trains no further epoch, it only ends."""
+    directory = tmp_path / "cell"
+    with pytest.raises(TrainingPaused):
+        _fit(directory, until=0.0)
+    state = _state(directory)
+    state["stopping"] = True  # as the epoch that fired early stopping saved it
+    folder = directory / (directory / LATEST).read_text()
+    (folder / STATE).write_text(json.dumps(state))
+    seen: list[int] = []
+    model, result = _fit(directory, seen=seen)
+    assert seen == [1] and result.epochs == 1  # replayed, nothing trained
+    assert int(model.optimizer.iterations) == 64 // BATCH
+    assert _state(directory)["finished"]
+
+
+def test_a_resumed_fit_past_its_deadline_trains_no_epoch(tmp_path):
+    directory = tmp_path / "cell"
+    with pytest.raises(TrainingPaused):
+        _fit(directory, until=0.0)
+    seen: list[int] = []
+    with pytest.raises(TrainingPaused, match="after epoch 1 of 4"):
+        _fit(directory, until=0.0, seen=seen)
+    assert seen == [1] and checkpointed_epochs(directory) == 1
+
+
+def test_a_checkpoint_that_cannot_be_saved_does_not_end_the_fit(tmp_path, monkeypatch, caplog):
+    def full_disk(self, finished, stopping):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(EpochCheckpoint, "_write", full_disk)
+    seen: list[int] = []
+    with caplog.at_level("WARNING", logger="gap_models.checkpoints"):
+        _, result = _fit(tmp_path / "cell", seen=seen)
+    assert seen == [1, 2, 3, 4] and result.epochs == EPOCHS
+    assert "could not save the checkpoint of epoch 1" in caplog.text
+    assert checkpointed_epochs(tmp_path / "cell") == 0
