@@ -76,9 +76,8 @@ def _diff(evidence: Evidence, a: str, b: str, split: str, draws: int) -> statist
 
 def _two_level(matrix: np.ndarray, draws: int) -> np.ndarray:
     """Replicates of the mean of a (seeds, photos) matrix of any numbers (loss, shares)."""
-    rng = np.random.default_rng(1)
     seeds, photos = matrix.shape
-    seed_w, photo_w = statistics._resampling_weights(rng, seeds, photos, draws)
+    seed_w, photo_w = statistics.resampling_weights(1, seeds, photos, draws)
     return np.sum((photo_w @ matrix.T) * seed_w, axis=1) / (seeds * photos)
 
 
