@@ -32,10 +32,13 @@ help:
 
 venv: $(INSTALLED)
 
+# --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (it is on the machines we build and test on),
+# Python never caches bytecode, and every process (each flow run, worker, Dask worker,
+# serving check) would compile TensorFlow's sources again: 15 s instead of 6 s an import.
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	@touch $@
 
 # Services and the deployments of prefect.yaml (both idempotent): after `make up`,

@@ -27,6 +27,17 @@ def pytest_itemcollected(item):
         item.add_marker(pytest.mark.xdist_group(group))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_serving_checks(tmp_path_factory):
+    """One folder of passed fresh-process serving checks for the test process: a kind of
+    model (architecture, code, libraries) is loaded in a fresh process once, not once per
+    test's cache (15 s or more each on 2 cores). Tests of the check itself use their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("serving-checks")
+        patch.setenv("COMPARE_HEADS_SERVING_CHECKS_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_mlflow_run(monkeypatch):
     """Fail a test that leaves an MLflow run active, after ending it (MLflow's own suite does

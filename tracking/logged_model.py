@@ -166,10 +166,18 @@ def serving_kind(model_uri: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def _passed_marker(model_uri: str) -> Path:
+def serving_checks_dir() -> Path:
+    """Where the kinds of model shown to load in a fresh process are remembered:
+    ``$COMPARE_HEADS_SERVING_CHECKS_DIR``, else ``serving-checks`` in the cache (several
+    caches of one machine, or a test session's many, can share one)."""
     from gap_models.data import default_cache_dir
 
-    return default_cache_dir() / "serving-checks" / serving_kind(model_uri)
+    configured = os.environ.get("COMPARE_HEADS_SERVING_CHECKS_DIR")
+    return Path(configured).expanduser() if configured else default_cache_dir() / "serving-checks"
+
+
+def _passed_marker(model_uri: str) -> Path:
+    return serving_checks_dir() / serving_kind(model_uri)
 
 
 class ServingCheck:

@@ -49,6 +49,8 @@ def flow_result(tmp_path_factory, prefect_harness):
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
         "COMPARE_HEADS_CACHE_DIR": str(home / "cache"),
         "COMPARE_HEADS_OUTPUT_DIR": str(home / "outputs"),
+        # its own: the check of the champion's kind runs here (test_a_model_of_a_kind_...)
+        "COMPARE_HEADS_SERVING_CHECKS_DIR": str(home / "serving-checks"),
     }
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
