@@ -116,7 +116,7 @@ def test_two_simultaneous_runs_both_complete_and_one_champion_wins(fault_service
 def test_worker_killed_mid_training_rerun_reuses_finished_work_and_resumes_the_rest(
     fault_services, pet_images
 ):
-    epochs = 24  # a window of epochs 2 to 18 to be caught in; the rerun finishes fc
+    epochs = 14  # a window of epochs 2 to 8 to be caught in; the rerun finishes fc
     params = {"source": str(pet_images), **SMALL, "epochs": epochs, "heads": ["gap", "fc"]}
     killed_run = start_deployment(fault_services, ON_DEMAND, params)
     interrupted = training_in_progress(fault_services, killed_run, "fc", epochs)
