@@ -23,7 +23,6 @@ from mlflow.exceptions import MlflowException
 from gap_models import records
 from gap_models.config import RunConfig
 from gap_models.data import cached_class_names
-from gap_models.evaluation import evaluate_model, predict_probabilities
 from gap_models.gate import judge, validation_inputs
 from gap_models.records import RunResult
 from tracking.logged_model import (
@@ -88,6 +87,8 @@ def _register(client, name: str, candidate: RunResult):
 def champion_validation_accuracy(client, name: str, cache_dir: str) -> float:
     """The current champion's accuracy on this run's validation photos (decoded at the
     champion's own image size)."""
+    from gap_models.evaluation import evaluate_model  # TensorFlow: see _gate
+
     check_classes(client, name, cached_class_names(cache_dir))
     model = load_logged_model(f"models:/{name}@{CHAMPION}")
     [images], labels = validation_inputs(cache_dir, [int(model.input_shape[1])])
@@ -118,6 +119,10 @@ def _gate(client, name: str, candidate: RunResult, cache_dir: str, champion, ser
     """(promote?, why, the gate's decision or None without a champion): the gate of
     ``gap_models.gate`` on this run's validation photos, then the fresh-process load check
     (``serving``, when one was started early for this candidate)."""
+    # Imported here: it imports Keras (TensorFlow, ~6 s), which the light deployment that
+    # reads the champion through this module (flows/watch.py) never needs.
+    from gap_models.evaluation import predict_probabilities
+
     decision = None
     if champion is not None:
         classes = cached_class_names(cache_dir)

@@ -239,7 +239,8 @@ def test_the_watch_starts_one_retraining_when_photos_change_and_none_when_not(
     before = {run["id"] for run in flow_runs_of_deployment(services, scheduled)}
     watched = services.run_deployment(WATCH, {"source": str(photos)})
     assert watched.returncode == 0, f"{watched.output[-4000:]}\n{services.logs()}"
-    time.sleep(10)  # what an event would have started by now
+    # No wait here: a run started by a (wrong) event of this first watch would be there by
+    # the time the second watch's run is, and `[retraining] = started()` below would fail.
     assert {run["id"] for run in flow_runs_of_deployment(services, scheduled)} == before
     make_pet_image(0, 64, np.random.default_rng(123)).save(photos / "PetImages/Cat/added.jpg")
     watched = services.run_deployment(WATCH, {"source": str(photos)})
@@ -250,7 +251,7 @@ def test_the_watch_starts_one_retraining_when_photos_change_and_none_when_not(
         return [run for run in runs if run["id"] not in before]
 
     wait_for(started, 180, "the retraining the event should start")
-    time.sleep(10)  # a second (wrong) run would have been created by now
+    time.sleep(10)  # a second (wrong) run, of either watch, would have been created by now
     [retraining] = started()
     assert retraining["parameters"]["source"] == str(photos)
     # The worker picks it up. (It would train the deployment's defaults, 3 heads at 100 px
