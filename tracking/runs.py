@@ -198,9 +198,29 @@ def log_dataset(
     digest = digest or manifest["fingerprint"][:36]
     dataset = _Photos(_dataset_source(source), name=name, digest=digest)
     context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
-    mlflow_client.log_inputs(
-        run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[context])]
-    )
+    inputs = [DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[context])]
+    for attempt in range(DATASET_ATTEMPTS):
+        try:
+            mlflow_client.log_inputs(run_id, datasets=inputs)
+            return
+        except mlflow.exceptions.MlflowException as error:
+            if attempt == DATASET_ATTEMPTS - 1 or not _duplicate_dataset(error):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+DATASET_ATTEMPTS = 3
+"""Two runs that log the same photos at the same moment race in MLflow's SQL store: it looks
+the dataset up, then inserts it, and the later insert violates the dataset's key (seen on
+PostgreSQL, 2026-12-03: a flow run failed). Logged again, the dataset is found and only
+linked to the run."""
+
+
+def _duplicate_dataset(error: Exception) -> bool:
+    """Whether MLflow's store refused a dataset that another run inserted a moment before
+    (the dataset key's error, as PostgreSQL and SQLite, the stores we run on, word it)."""
+    text = str(error)
+    return '"dataset_pk"' in text or "UNIQUE constraint failed: datasets" in text
 
 
 def run_url(run_id: str, experiment_id: str) -> str | None:
