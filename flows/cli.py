@@ -22,6 +22,13 @@ app = typer.Typer(
 DEFAULT_MODEL_URI = "models:/cats-vs-dogs@champion"
 
 
+@app.callback()
+def _quiet_downloads() -> None:
+    """The commands' answers are lines a script reads: no progress bars of MLflow's model
+    downloads between them (unless the user set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 FIELDS = RunConfig.model_fields
 
 

@@ -131,3 +131,22 @@ def test_the_test_processes_keep_each_group_together(request):
     if not request.config.getoption("loadgroup", default=False):
         return  # a plain pytest run: nothing is distributed
     assert request.node.nodeid.endswith("@tests/unit/test_parameters.py"), request.node.nodeid
+
+
+def test_the_cli_shows_no_download_progress_bars_unless_asked(monkeypatch):
+    """`compare-heads predict` after `make up` printed MLflow's 'Downloading artifacts' bars
+    between its answers; a user's own setting still wins."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    setting = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    monkeypatch.setenv(setting, "true")
+    CliRunner().invoke(app, ["run", "--epochs", "0"])  # refused: the callback ran first
+    assert os.environ[setting] == "true"
+    monkeypatch.delenv(setting)
+    refused = CliRunner().invoke(app, ["run", "--epochs", "0"])
+    assert refused.exit_code == 2
+    assert os.environ[setting] == "false"
