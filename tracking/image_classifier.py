@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
@@ -56,9 +58,10 @@ class ImageClassifier(PythonModel):
         self.class_names = list(context.model_config[CLASS_NAMES])
         self.image_size = int(context.model_config[IMAGE_SIZE])
 
-    def predict(self, context, model_input, params=None):
+    # The type hint tells MLflow the input is a table (checked against the logged signature);
+    # without one, every load printed MLflow's "Add type hints to the `predict` method".
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
         import numpy as np
-        import pandas as pd
         from decoding import ImageDecodeError, decode_image
         from probabilities import class_probabilities, predicted_classes
 

@@ -168,6 +168,7 @@ def test_logged_model_serves_image_files_in_a_python_that_never_imported_this_pr
         env={**os.environ, "MLFLOW_TRACKING_URI": summary.tracking_uri},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Add type hints" not in done.stderr, "MLflow warned on loading the model"
     served = json.loads(done.stdout.strip().splitlines()[-1])
     model = load_logged_model(model_uri)
     expected = classify_files(model, files, 40, ("Cat", "Dog"))
