@@ -181,50 +181,73 @@ def _training_until(deadline: float | None) -> Iterator[None]:
             os.environ[TRAIN_UNTIL_ENV] = before
 
 
+def next_cell(needed_seconds: list[float], left_seconds: float) -> int:
+    """Which pending cell (in priority order, with the seconds each needs on this CPU) to
+    train next: the first that ends within the budget left, else the first. A cell that
+    cannot end pauses with its checkpoint on this machine, and a session on another machine
+    starts it again: a shorter cell that fits is worth more first."""
+    for index, needed in enumerate(needed_seconds):
+        if needed <= left_seconds:
+            return index
+    return 0
+
+
+def _needed_seconds(root: Path, study: Study, state: CellState) -> float:
+    own = seconds_per_flop(root, state.cell.settings.get("precision"))
+    return estimate_seconds(root, study, state, own)
+
+
 def run_study(name: str, budget_minutes: float | None = None, root: Path | None = None,
               say: Say = print) -> list[CellState]:  # fmt: skip
     """Train the cells of study ``name`` that have no current record, in priority order,
-    within the budget: a cell that would not end within it (this CPU's estimate) trains
-    until the budget ends and pauses there with its checkpoint kept, when at least one of
-    its epochs fits; the next ``run_study`` resumes it. Returns the cells still missing or
-    stale when it stops."""
+    within the budget: the first cell that this CPU's estimate says ends within it goes
+    first (``next_cell``); when none does, the first trains until the budget ends and
+    pauses there with its checkpoint kept, if one and a half of its epochs fit; the next
+    ``run_study`` resumes it. Returns the cells still missing or stale when it stops."""
     root = root or repo_root()
     study = load_study(root, name)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
     deadline = None if budget_minutes is None else time.monotonic() + budget_minutes * 60
     until = None if budget_minutes is None else time.time() + budget_minutes * 60
     with _training_until(until):
-        for state in cell_states(root, study):
-            if state.state == "done":
-                continue
-            target = record_path(root, study.name, state.cell.file_stem)
+        pending = [s for s in cell_states(root, study) if s.state != "done"]
+        for state in list(pending):
             existing = find_record_by_key(root, state.key)
             if existing is not None:  # the same model, recorded by another study
+                target = record_path(root, study.name, state.cell.file_stem)
                 _adopt_record(root, study, state, existing, target)
                 say(f"reused {state.cell.arm} seed {state.cell.seed} from {existing}")
-                continue
+                pending.remove(state)
+        while pending:
+            chosen, needed, left = 0, 0.0, 0.0
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                needs = [_needed_seconds(root, study, s) for s in pending]
+                chosen = next_cell(needs, left)
+                needed = needs[chosen]
+                if chosen:
+                    say(
+                        f"passing over {pending[0].cell.arm} seed {pending[0].cell.seed} for "
+                        f"now: it needs about {needs[0] / 60:.0f} min, {left / 60:.0f} are "
+                        "left, and a later cell ends within the budget"
+                    )
+            state = pending.pop(chosen)
             label = f"{state.cell.arm} seed {state.cell.seed}"
             resumes = f", resuming after epoch {state.epochs_done}" if state.epochs_done else ""
-            if deadline is not None:
-                own = seconds_per_flop(root, state.cell.settings.get("precision"))
-                needed = estimate_seconds(root, study, state, own)
-                per_epoch = needed / max(1, state.epochs - state.epochs_done)
-                left = deadline - time.monotonic()
-                if needed > left and left < FIRST_EPOCH_MARGIN * per_epoch:
-                    say(
-                        f"stopping: {label} needs about {needed / 60:.0f} min on this CPU "
-                        f"({per_epoch / 60:.0f} min an epoch), {max(left, 0) / 60:.0f} min "
-                        "of the budget are left"
-                    )
-                    break
-                if needed > left:
-                    say(
-                        f"training {label} ({state.state}{resumes}) until the budget ends: it "
-                        f"needs about {needed / 60:.0f} min, {left / 60:.0f} are left; it "
-                        "pauses there with its checkpoint kept"
-                    )
-                else:
-                    say(f"training {label} ({state.state}{resumes})")
+            per_epoch = needed / max(1, state.epochs - state.epochs_done)
+            if deadline is not None and needed > left and left < FIRST_EPOCH_MARGIN * per_epoch:
+                say(
+                    f"stopping: {label} needs about {needed / 60:.0f} min on this CPU "
+                    f"({per_epoch / 60:.0f} min an epoch), {max(left, 0) / 60:.0f} min "
+                    "of the budget are left"
+                )
+                break
+            if deadline is not None and needed > left:
+                say(
+                    f"training {label} ({state.state}{resumes}) until the budget ends: it "
+                    f"needs about {needed / 60:.0f} min, {left / 60:.0f} are left; it "
+                    "pauses there with its checkpoint kept"
+                )
             else:
                 say(f"training {label} ({state.state}{resumes})")
             try:

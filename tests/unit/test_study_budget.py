@@ -1,0 +1,65 @@
+"""A study's budget: which cell trains next when the first would not end within it."""
+
+from __future__ import annotations
+
+import pytest
+
+import flows.study
+from flows.study import next_cell, run_study
+from gap_models.checkpoints import TrainingPaused
+from tests.fixtures import make_pet_images
+
+STUDY = """
+description = "tiny"
+source = "photos"
+
+[grid]
+heads = ["gap", "fc"]
+seeds = [0, 1]
+precision = ["float32"]
+image_size = [32]
+epochs = [40]  # 1 min an epoch for fc below: one and a half fit in what is left
+
+[analysis]
+family = [["gap", "fc"]]
+"""
+
+
+def test_the_first_cell_that_ends_within_the_budget_goes_first():
+    assert next_cell([50.0, 10.0, 5.0], left_seconds=60.0) == 0  # priority order kept
+    assert next_cell([90.0, 70.0, 40.0, 5.0], left_seconds=60.0) == 2
+    assert next_cell([90.0, 70.0], left_seconds=60.0) == 0  # none fits: the first pauses
+
+
+@pytest.fixture
+def tiny_root(tmp_path):
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "tiny.toml").write_text(STUDY)
+    make_pet_images(tmp_path / "photos", per_class=4, size=32)
+    return tmp_path
+
+
+def test_a_study_run_trains_cells_that_fit_before_one_that_would_pause(tiny_root, monkeypatch):
+    # fc takes 40 min here, gap 10: with 25 min left, both gaps fit and train first; then
+    # the first fc, which fits in none of what is left, is the one started (and would pause).
+    minutes = {"gap": 10, "fc": 40}
+    trained: list[tuple[str, int]] = []
+    clock = [0.0]
+    monkeypatch.setattr(flows.study.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(
+        flows.study, "_needed_seconds", lambda root, study, state: minutes[state.cell.arm] * 60
+    )
+
+    def train(root, study, state, say):
+        trained.append((state.cell.arm, state.cell.seed))
+        if state.cell.arm == "fc":  # 7 of its 40 one-minute epochs fit: it pauses there
+            raise TrainingPaused(7, 40, tiny_root / "checkpoint")
+        clock[0] += minutes[state.cell.arm] * 60 * 0.9
+
+    monkeypatch.setattr(flows.study, "_train_cell", train)
+    said: list[str] = []
+    run_study("tiny", budget_minutes=25, root=tiny_root, say=said.append)
+    assert trained == [("gap", 0), ("gap", 1), ("fc", 0)]
+    assert said[1].startswith("passing over fc seed 0 for now: it needs about 40 min")
+    assert said[-2].startswith("training fc seed 0 (missing) until the budget ends")
+    assert said[-1].startswith("paused fc seed 0 after epoch 7 of 40")
