@@ -64,8 +64,7 @@ def status_lines(root: Path, name: str) -> tuple[list[str], list[CellState]]:
         if elsewhere is not None:  # copied, not trained, when `study run` reaches it
             extra = f"  recorded in {elsewhere.parent.parent.name}: copied by `study run`"
         elif state.state != "done":
-            own = seconds_per_flop(root, state.cell.settings.get("precision"))
-            seconds = estimate_seconds(root, study, state, own)
+            seconds = _needed_seconds(root, study, state)
             remaining += seconds
             extra = f"  ~{seconds / 60:.0f} min"
             if state.epochs_done:
@@ -193,7 +192,9 @@ def next_cell(needed_seconds: list[float], left_seconds: float) -> int:
 
 
 def _needed_seconds(root: Path, study: Study, state: CellState) -> float:
-    own = seconds_per_flop(root, state.cell.settings.get("precision"))
+    """A cell's seconds on this CPU, at the rate of its precision and backbone here."""
+    settings = state.cell.settings
+    own = seconds_per_flop(root, settings.get("precision"), state.cell.config().backbone)
     return estimate_seconds(root, study, state, own)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gap_models import records
 from gap_models.checkpoints import checkpoint_dir, checkpointed_epochs
+from gap_models.config import RunConfig
 from gap_models.data import cache_key, fingerprint_source
 from gap_models.hardware import detect
 from gap_models.provenance import code_version
@@ -71,22 +72,35 @@ PRIOR_FLOPS_PER_IMAGE = 75e6
 """The article's fc model at 100 px, whose speed ``PRIOR_IMAGES_PER_SECOND`` is."""
 
 
-def seconds_per_flop(root: Path, precision: str | None = None) -> float | None:
+def seconds_per_flop(
+    root: Path, precision: str | None = None, backbone: str | None = None
+) -> float | None:
     """Median wall seconds per training image, epoch and forward FLOP of every study's
-    records trained on a CPU like this one (same model and flags), the whole cell included;
-    of the cells in the same precision when there are any (bfloat16 and float32 differ by up
-    to 3.5x). Per FLOP, so a record of one model sizes a cell of another (a deeper trunk, a
-    wider head, smaller photos). None: no such record yet."""
-    rates: dict[str, list[float]] = {}
+    records trained on a CPU like this one (same model and flags), the whole cell included.
+    Of the cells in the same precision and backbone when there are any, else in the same
+    precision (bfloat16 and float32 differ by up to 3.5x), else of all: per FLOP, so a record
+    of one model sizes a cell of another (a wider head, smaller photos), but a trunk's
+    convolutions run at their own rate (wide ones make more FLOPs per second). None: no
+    such record yet."""
+    default_backbone = RunConfig.model_fields["backbone"].default
+    rates: dict[tuple[str, str], list[float]] = {}
     for path in sorted((root / STUDIES_DIR).glob("*/records/*.json")):
         if path.name.startswith("data-"):
             continue
         record = read_record(path)
         work = record.train_images * len(record.result.epoch_seconds) * record.flops_per_image
         if _same_cpu(record.machine) and work:
-            kind = record.settings.get("precision", "")
+            kind = (
+                record.settings.get("precision", ""),
+                record.settings.get("backbone", default_backbone),
+            )
             rates.setdefault(kind, []).append(record.cell_seconds / work)
-    chosen = rates.get(precision) or [rate for group in rates.values() for rate in group]
+    same_precision = [r for (p, _), group in rates.items() if p == precision for r in group]
+    chosen = (
+        rates.get((precision or "", backbone or default_backbone))
+        or same_precision
+        or [rate for group in rates.values() for rate in group]
+    )
     return statistics.median(chosen) if chosen else None
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import flows.study
 from flows.study import next_cell, run_study
+from gap_models import study_state
 from gap_models.checkpoints import TrainingPaused
+from gap_models.study_records import read_record, records_dir, write_json_atomically
 from tests.fixtures import make_pet_images
+from tests.unit.test_study_report import STUDY as STUDY_REPORT
+from tests.unit.test_study_report import _write_study
 
 STUDY = """
 description = "tiny"
@@ -63,3 +69,25 @@ def test_a_study_run_trains_cells_that_fit_before_one_that_would_pause(tiny_root
     assert said[1].startswith("passing over fc seed 0 for now: it needs about 40 min")
     assert said[-2].startswith("training fc seed 0 (missing) until the budget ends")
     assert said[-1].startswith("paused fc seed 0 after epoch 7 of 40")
+
+
+def test_a_cell_is_sized_at_the_rate_of_its_own_trunk_on_this_cpu(tmp_path, monkeypatch):
+    # Records on this CPU: the deep trunk's FLOPs run twice as fast as the article's; a
+    # float32 record of the article trunk sizes a bfloat16 cell only when nothing closer is.
+    monkeypatch.setattr(study_state, "_same_cpu", lambda machine: True)
+    grid = 'backbone = ["article", "deep"]\nprecision = ["float32"]'
+    text = STUDY_REPORT.replace('precision = ["float32"]', grid).replace(
+        '[["gap", "fc"]]', '[["gap/deep", "fc/deep"]]'
+    )
+    _write_study(tmp_path, text=text)
+    for path in records_dir(tmp_path, "synthetic").glob("[!d]*.json"):
+        record = read_record(path)
+        seconds = 30.0 if record.settings["backbone"] == "article" else 15.0
+        write_json_atomically(path, dataclasses.replace(record, cell_seconds=seconds).to_json())
+    article = study_state.seconds_per_flop(tmp_path, "float32", "article")
+    deep = study_state.seconds_per_flop(tmp_path, "float32", "deep")
+    assert article == pytest.approx(2 * deep)
+    assert study_state.seconds_per_flop(tmp_path, "float32", "other") == pytest.approx(
+        (article + deep) / 2  # the median of all float32 records, half of each trunk
+    )
+    assert study_state.seconds_per_flop(tmp_path, "mixed_bfloat16", "deep") is not None
