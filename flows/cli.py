@@ -23,10 +23,13 @@ DEFAULT_MODEL_URI = "models:/cats-vs-dogs@champion"
 
 
 @app.callback()
-def _quiet_downloads() -> None:
+def _quiet_and_offline() -> None:
     """The commands' answers are lines a script reads: no progress bars of MLflow's model
-    downloads between them (unless the user set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``)."""
+    downloads between them; and the Prefect server that an in-process run starts for itself
+    (no ``make up``: ``run``, ``study run``) sends no telemetry (it logged "Failed to send
+    telemetry" on these offline machines). A user's own setting of either wins."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 FIELDS = RunConfig.model_fields

@@ -6,6 +6,7 @@ import inspect
 import typing
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gap_models.architecture import HEAD_NAMES
@@ -133,16 +134,21 @@ def test_the_test_processes_keep_each_group_together(request):
     assert request.node.nodeid.endswith("@tests/unit/test_parameters.py"), request.node.nodeid
 
 
-def test_the_cli_shows_no_download_progress_bars_unless_asked(monkeypatch):
+@pytest.mark.parametrize(
+    "setting", ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "PREFECT_SERVER_ANALYTICS_ENABLED"]
+)
+def test_the_cli_shows_no_download_progress_bars_and_sends_no_telemetry_unless_asked(
+    setting, monkeypatch
+):
     """`compare-heads predict` after `make up` printed MLflow's 'Downloading artifacts' bars
-    between its answers; a user's own setting still wins."""
+    between its answers; `study run`'s own Prefect server logged failed telemetry. A user's
+    own setting still wins."""
     import os
 
     from typer.testing import CliRunner
 
     from flows.cli import app
 
-    setting = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     monkeypatch.setenv(setting, "true")
     CliRunner().invoke(app, ["run", "--epochs", "0"])  # refused: the callback ran first
     assert os.environ[setting] == "true"
