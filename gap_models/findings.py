@@ -44,9 +44,12 @@ def arms_table(analysis: Analysis) -> str:
     return _table(header, rows)
 
 
-def _call(d) -> str:
+def call(d) -> str:
+    """What a pairwise test says, in the report's table and the answer alike."""
     if d.significant:
         return "significant"
+    if d.identical:
+        return "identical: right and wrong on the same photos in every seed (the same model)"
     return f"no difference shown (detectable: {100 * d.detectable:.1f} points)"
 
 
@@ -56,7 +59,7 @@ def family_table(analysis: Analysis) -> str:
     rows = [
         [f"{d.arm_a} - {d.arm_b}", f"{d.seeds} x {d.photos}",
          f"{points(d.difference)} [{points(d.low)}, {points(d.high)}]", f"{d.p_value:.3g}",
-         f"{d.p_holm:.3g}", _call(d)]
+         f"{d.p_holm:.3g}", call(d)]
         for d in analysis.family
     ]  # fmt: skip
     return _table(header, rows)

@@ -99,6 +99,9 @@ class Difference:
     p_value: float
     standard_error: float
     p_holm: float = math.nan
+    # Right and wrong on exactly the same photos in every seed: the same model trained twice
+    # (a check of determinism), not a difference too small to detect.
+    identical: bool = False
 
     @property
     def detectable(self) -> float:
@@ -124,7 +127,7 @@ def difference(
     low, high = percentile_interval(deltas, level)
     return Difference(
         arm_a, arm_b, seeds, photos, point, low, high, bootstrap_p_value(deltas),
-        float(np.std(deltas, ddof=1)),
+        float(np.std(deltas, ddof=1)), identical=bool(np.array_equal(a, b)),
     )  # fmt: skip
 
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from gap_models.architecture import HEADS
 from gap_models.config import RunConfig
-from gap_models.findings import interval
+from gap_models.findings import call, interval
 from gap_models.plots import _finish
 from gap_models.provenance import code_version
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
@@ -72,21 +72,18 @@ def _findings(studied: StudyEvidence) -> list[str]:
         f"highest test accuracy: **{best.arm}** {interval(best.test)} %, {_seeds(best.seeds)}{few}."
     ]
     for d in analysis.family:
-        if d.significant:
-            call = "significant"
-        else:
-            call = f"no difference shown; detectable {100 * d.detectable:.1f} points"
+        said = call(d)
         if d.seeds < MIN_SEEDS_FOR_INTERVAL:
-            call += "; photo sampling only, too few seeds to see seed-to-seed variation"
+            said += "; photo sampling only, too few seeds to see seed-to-seed variation"
         lines.append(
             f"{d.arm_a} - {d.arm_b}: {points(d.difference)} [{points(d.low)}, {points(d.high)}] "
-            f"points ({_seeds(d.seeds)} x {d.photos} photos), Holm p {d.p_holm:.3g}: {call}."
+            f"points ({_seeds(d.seeds)} x {d.photos} photos), Holm p {d.p_holm:.3g}: {said}."
         )
     for e in analysis.equivalences:
-        call = "equivalent" if e.equivalent else "equivalence not shown"
+        shown = "equivalent" if e.equivalent else "equivalence not shown"
         lines.append(
             f"{e.arm_a} ~ {e.arm_b} within ±{100 * e.margin:.1f} points: {points(e.difference)} "
-            f"[{points(e.low)}, {points(e.high)}] (90%), TOST p {e.p_value:.3g}: {call}."
+            f"[{points(e.low)}, {points(e.high)}] (90%), TOST p {e.p_value:.3g}: {shown}."
         )
     untested = [f"{a} - {b}" for a, b in analysis.plan.family
                 if a not in analysis.evidence.arms or b not in analysis.evidence.arms]  # fmt: skip

@@ -86,3 +86,18 @@ def test_the_median_interval_is_distribution_free():
     value, low, high = statistics.median_interval(list(range(1, 21)))
     assert value == 10.5 and low < value < high
     assert (low, high) == (6.0, 15.0)
+
+
+def test_the_same_model_twice_is_called_identical_not_an_undetectable_difference():
+    from gap_models.findings import call
+
+    rng = np.random.default_rng(5)
+    a = _simulate(rng, seeds=3, photos=500, p_a=0.8, p_b=0.8)["a"]
+    b = a.copy()  # one right photo made wrong, one wrong made right: same count, not identical
+    b[0, np.argmax(a[0] == 1)], b[0, np.argmax(a[0] == 0)] = 0, 1
+    for other, identical in ((a.copy(), True), (b, False)):
+        correct = {"a": a, "b": other}
+        replicates = statistics.bootstrap_means(correct, draws=300)
+        (d,) = statistics.holm([statistics.difference("a", "b", replicates, correct)])
+        assert d.identical is identical
+        assert call(d).startswith("identical" if identical else "no difference shown")
