@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 
 from flows import runners
 from gap_models.config import RunConfig
 from tasks.cell import CellOutcome, train_and_evaluate
 from tracking import recovery, runs
-from tracking.cells import CellJob
+from tracking.cells import CellJob, clear_stop, request_stop
 
 
 def train_models_on(
@@ -51,7 +52,9 @@ def train_models(
     """Every (head, seed) cell as its own task on this flow's task runner; results in submission
     order. Each result is fetched and released as soon as its task ends, so a worker that
     dies later holds nothing Dask would compute again. Afterwards no child run is left
-    RUNNING (an attempt on a lost worker is closed FAILED)."""
+    RUNNING (an attempt on a lost worker is closed FAILED). Stopped (Ctrl-C, SIGTERM), the
+    model training in this process pauses at its epoch's end with its checkpoint."""
+    clear_stop()
     submitted = [
         train_and_evaluate.submit(
             CellJob(
@@ -69,9 +72,17 @@ def train_models(
     ]
     outcomes: dict[int, CellOutcome] = {}
     order = {id(future): index for index, future in enumerate(submitted)}
-    for future in as_completed(submitted):
-        outcomes[order[id(future)]] = future.result()
-        release(future)
+    try:
+        for future in as_completed(submitted):
+            outcomes[order[id(future)]] = future.result()
+            release(future)
+    except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C, SIGTERM: this thread gets them
+        request_stop()
+        get_run_logger().warning(
+            "Stopping: the model in training pauses at the end of its epoch, its checkpoint "
+            "kept (running it again resumes it); kill -9 stops at once, losing that epoch"
+        )
+        raise
     client = runs.client()
     for run_id in recovery.fail_open_children(
         client, experiment_id, parent_id, "left open by a lost worker; its model was retrained"

@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import resource
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,6 +64,35 @@ def train_until() -> float | None:
             f"{TRAIN_UNTIL_ENV}={value!r} is not a time: give an ISO 8601 time "
             "(2026-12-03T18:00, local unless it names a zone) or seconds since 1970"
         ) from None
+
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every model training in this process to pause at the end of its epoch, its
+    checkpoint kept (the next run of it resumes). A SIGTERM or Ctrl-C reaches the flow's
+    thread, not the one training: without this, the flow waited for the model to finish."""
+    _STOP.set()
+
+
+def clear_stop() -> None:
+    _STOP.clear()
+
+
+class TrainingDeadline:
+    """The ``until`` that ``fit_head`` hands to its ``EpochCheckpoint``: ``train_until()``'s
+    time, or already past once ``request_stop()`` was called. The checkpoint asks ``now +
+    epoch > until``, which Python answers here (``until.__lt__``), so a stop request pauses
+    the fit at its epoch's end exactly as a deadline does. (A duck-typed float because
+    ``gap_models/checkpoints.py`` is training code: editing it would make every study record
+    stale. When that code changes next, give ``EpochCheckpoint`` a stop event instead.)"""
+
+    def __init__(self, at: float | None) -> None:
+        self.at = at
+
+    def __lt__(self, later: float) -> bool:
+        return _STOP.is_set() or (self.at is not None and self.at < later)
 
 
 @contextlib.contextmanager
@@ -250,7 +280,13 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
                     job.label, done, job.config.epochs, saved,
                 )  # fmt: skip
             result = fit_head(
-                model, job.seed, job.config, job.cache_dir, on_epoch, saved, train_until()
+                model,
+                job.seed,
+                job.config,
+                job.cache_dir,
+                on_epoch,
+                saved,
+                TrainingDeadline(train_until()),
             )
         checkpoint_key = key if saved is not None else ""
         if _replays(job):  # the next head of the chain starts from this backbone

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 import tracking.cells
 from flows.compare_heads import compare_heads
+from gap_models.checkpoints import checkpointed_epochs
 from tests.fixtures import child_runs, make_pet_images
 
 pytestmark = pytest.mark.integration
@@ -69,3 +76,41 @@ def test_rerun_after_a_crash_reuses_finished_heads(
     assert client.get_run(summary.parent_run_id).info.status == "FINISHED"
     assert client.get_run(orphan).info.status == "FAILED"
     assert "ended without closing" in client.get_run(orphan).data.tags["compare_heads.failure"]
+
+
+def test_a_sigterm_pauses_the_model_in_training_at_its_epochs_end_with_its_checkpoint(
+    tmp_path, tracking_uri, prefect_harness
+):
+    """SIGTERM (or Ctrl-C) reaches the flow's thread, not the one training: the flow used to
+    wait for the model to finish all its epochs. Now the model pauses at its epoch's end with
+    its checkpoint, and the process ends."""
+    source = make_pet_images(tmp_path / "photos", per_class=30, size=32)
+    epochs = 300  # a fraction of a second each: minutes to run them all
+    log = tmp_path / "run.log"
+    argv = [str(Path(sys.executable).with_name("compare-heads")), "run", "--source", str(source),
+            "--image-size", "32", "--batch-size", "16", "--epochs", str(epochs), "--head",
+            "gap", "--no-promote"]  # fmt: skip
+    with log.open("w") as out:
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        deadline = time.monotonic() + 600
+        while not re.search(r"epoch 3/", log.read_text()):
+            assert child.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no third epoch in 10 minutes"
+            time.sleep(0.2)
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=600)
+    text = log.read_text()
+    assert "Stopping: the model in training pauses at the end of its epoch" in text
+    paused = re.search(r"paused after epoch (\d+) of 300", text)
+    assert paused, text[-3000:]
+    stopped_at = int(paused.group(1))
+    assert 3 <= stopped_at < epochs / 2  # it stopped, not ran on to the end
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("compare-heads").experiment_id
+    (run,) = client.search_runs(experiment, "attributes.run_name = 'gap-seed0'")
+    assert run.info.status == "FAILED"
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == stopped_at
+
+    # The checkpoint holds every epoch it trained: the next run of the model goes on from it.
+    folder = re.search(r"its checkpoint is kept in (\S+):", text).group(1)
+    assert checkpointed_epochs(Path(folder)) == stopped_at
