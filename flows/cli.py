@@ -195,6 +195,12 @@ def score(
     folder of class folders), less those its own flow run had in any split (by content),
     with an exact 95% interval and each class's recall. What checks that a study's figure
     holds up on photos of the same kind beyond its test split."""
+    _score(model_uri, source, include_seen)
+
+
+def _score(model_uri: str, source: str, include_seen: bool = False):
+    """Score the model at ``model_uri`` on ``source`` and print the result (exit 2, with the
+    cause, when the model or the source cannot be read)."""
     from gap_models.data import default_cache_dir
     from gap_models.data.manifest import build_manifest
     from gap_models.scoring import score_photos, unseen_photos
@@ -216,6 +222,13 @@ def score(
     photos, overlap = unseen_photos(manifest, None if include_seen else seen)
     if seen is None and not include_seen:
         typer.echo("note: the model's run recorded no data manifest: nothing left out", err=True)
+    if not photos:
+        typer.echo(
+            f"every photo of {source} ({overlap:,}) was in the model's run: none is unseen "
+            "(--include-seen scores them anyway)",
+            err=True,
+        )
+        raise typer.Exit(2)
     try:
         result = score_photos(
             model, source, photos, int(model.input_shape[1]), class_names, overlap
@@ -226,6 +239,7 @@ def score(
     typer.echo(f"{model_uri} on {source}:")
     for line in result.lines():
         typer.echo(f"  {line}")
+    return result
 
 
 study_app = typer.Typer(help="Studies: declared grids of cells, records, rendered results.")
@@ -288,6 +302,52 @@ def study_report(
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     typer.echo(f"rendered {folder}, its section of docs/RESULTS.md and the verdict")
+
+
+@study_app.command("best")
+def study_best(
+    name: Annotated[str, typer.Argument(help="studies/NAME.toml")],
+    score: Annotated[
+        str | None,
+        typer.Option(
+            "--score",
+            help="A .zip or folder of class folders: score the model on its photos that "
+            "its run never had",
+        ),
+    ] = None,
+) -> None:
+    """The one model the study hands a user, chosen on validation: its test accuracy with an
+    exact interval, where it was trained and where its model is. With --score SOURCE, its
+    accuracy on SOURCE's photos that its run never had, against its test figure: exit 1
+    when it lands further from it than the study's figures may (2 points)."""
+    from flows.study import chosen_lines
+    from gap_models.scoring import HOLDS_UP_WITHIN
+    from tracking.runs import repo_root
+
+    try:
+        lines, model_uri, test_accuracy = chosen_lines(repo_root(), name)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    typer.echo("\n".join(lines))
+    if score is None:
+        return
+    if not model_uri:
+        typer.echo("cannot score: this machine does not hold the model (see above)", err=True)
+        raise typer.Exit(2)
+    result = _score(model_uri, score)
+    gap = result.accuracy - test_accuracy
+    holds = abs(gap) <= HOLDS_UP_WITHIN
+    typer.echo(
+        f"unseen photos minus test: {100 * gap:+.2f} points: "
+        + (
+            f"within {100 * HOLDS_UP_WITHIN:.0f} points, the figure holds up"
+            if holds
+            else f"more than {100 * HOLDS_UP_WITHIN:.0f} points: the figure does not hold up"
+        )
+    )
+    if not holds:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

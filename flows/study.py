@@ -307,3 +307,69 @@ def report_study(name: str | None = None, root: Path | None = None) -> Path:
         figure.savefig(root / "docs" / "studies" / file, dpi=100)
     results.write_text(replace_verdict(document, verdict))
     return folder
+
+
+def chosen_cell(root: Path, name: str):
+    """Study ``name``'s one model chosen on validation, among its own arms' records, and
+    that cell's record and declaration. ValueError when nothing is recorded yet."""
+    from gap_models.study_report import analyse_study
+    from gap_models.verdicts import chosen_model
+
+    studied = analyse_study(root, name)
+    model = (
+        chosen_model(studied.analysis.evidence, studied.study.arms())
+        if studied.analysis is not None
+        else None
+    )
+    if model is None:
+        raise ValueError(f"study {name} has no recorded cell yet: `compare-heads study run {name}`")
+    record = next(r for r in studied.present if (r.arm, r.seed) == (model.arm, model.seed))
+    cell = next(c for c in studied.study.cells(root) if (c.arm, c.seed) == (model.arm, model.seed))
+    return model, record, cell
+
+
+def logged_model_uri(run_id: str) -> tuple[str, str]:
+    """The model MLflow logged for run ``run_id`` in the configured tracking store, and that
+    store's URI; "" when the store does not hold the run (trained on another machine)."""
+    import mlflow
+
+    from tracking import runs
+
+    client = runs.client()
+    try:
+        tracked = runs.tracked_run(client, run_id)
+    except mlflow.exceptions.MlflowException:
+        return "", client.tracking_uri
+    return records.RunResult.from_tracked(tracked).model_uri, client.tracking_uri
+
+
+def chosen_lines(root: Path, name: str) -> tuple[list[str], str, float]:
+    """``compare-heads study best``: the chosen model, its test figure (exact interval),
+    where it was trained, and where its model is; with its model URI ("" when this machine
+    does not hold it) and its test accuracy."""
+    from gap_models.findings import interval
+
+    model, record, cell = chosen_cell(root, name)
+    stale = "" if record.code_version == code_version() else " (stale: older training code)"
+    uri, store = logged_model_uri(model.run_id)
+    lines = [
+        f"study {name}: the one model chosen on validation (highest validation accuracy of "
+        f"every recorded cell of its own arms)",
+        f"  {model.arm} seed {model.seed}: validation {100 * model.validation:.2f} % "
+        f"({model.validation_photos:,} photos)",
+        f"  test accuracy {interval(model.test)} % on {model.test_photos:,} photos "
+        "(95% interval, exact binomial): the figure photos no run saw should reproduce",
+        f"  trained on {record.machine.get(records.CPU_MODEL, '?')}, recorded "
+        f"{record.recorded_at}, code version {record.code_version}{stale}, MLflow run "
+        f"{model.run_id}",
+    ]
+    if uri:
+        lines.append(f"  model: {uri} (in {store})")
+    else:
+        lines += [
+            f"  model: not in this machine's MLflow store ({store}); a model of this cell "
+            "(same settings and seed, not bit for bit the same weights on another CPU) "
+            "trains with:",
+            f"    {cell.run_command()}",
+        ]
+    return lines, uri, model.test[0]

@@ -102,9 +102,16 @@ def claims_table(analysis: Analysis) -> str:
     return _table(["claim", "verdict", "what we measured"], rows)
 
 
+def chosen_arm(analysis: Analysis):
+    """The arm with the highest mean validation accuracy (ties: fewer parameters): chosen
+    as a user would choose, without the test split, whose figure then reports it."""
+    return max(analysis.arms, key=lambda s: (s.validation[0], -s.trainable_params))
+
+
 def verdict_line(analysis: Analysis) -> str:
-    """One sentence: the best arm on test accuracy and how it stands against each other."""
-    best = max(analysis.arms, key=lambda s: s.test[0])
+    """One sentence: the arm chosen on validation, its test accuracy, and how it stands
+    against each other arm in the family."""
+    best = chosen_arm(analysis)
     parts = []
     for d in analysis.family:
         if best.arm not in (d.arm_a, d.arm_b):
@@ -115,7 +122,8 @@ def verdict_line(analysis: Analysis) -> str:
         parts.append(f"{other} by {points(sign * d.difference)} points ({call})")
     against = "; ".join(parts) if parts else "no pairwise test in this plan"
     return (
-        f"Highest mean test accuracy: **{best.arm}**, {interval(best.test)} %. "
+        f"Chosen on validation: **{best.arm}** (mean validation accuracy "
+        f"{_pct(best.validation[0])} %), test accuracy {interval(best.test)} %. "
         f"Against the others (Holm-adjusted): {against}."
     )
 

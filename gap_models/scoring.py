@@ -11,11 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from gap_models.data.manifest import Manifest, Photo, decode_photos
 from gap_models.evaluation import predict_probabilities
 from gap_models.probabilities import predicted_classes
+from gap_models.statistics import exact_interval
+
+HOLDS_UP_WITHIN = 0.02
+"""A study's figure holds up when its chosen model, scored on photos of the same kind that
+no run of it saw, lands within this distance of its test accuracy: 2 points, a little more
+than the 95% spread of the difference of two samples of this size from the same model (1.6
+points at 90 % on 1,948 test photos and 5,000 unseen ones), so a miss means more than chance."""
 
 BATCH_PHOTOS = 512
 """Photos decoded and scored at a time (memory stays flat on any source size)."""
@@ -83,11 +89,7 @@ def score_photos(
         total += len(kept)
         np.add.at(hits[0], labels, predicted == labels)
         np.add.at(hits[1], labels, 1)
-    low, high = (
-        stats.binomtest(correct, total).proportion_ci(0.95, method="exact")
-        if total
-        else (float("nan"), float("nan"))
-    )
+    low, high = exact_interval(correct, total)
     recall = {
         name: float(hits[0][k] / hits[1][k]) for k, name in enumerate(class_names) if hits[1][k]
     }

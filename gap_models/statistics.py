@@ -205,3 +205,12 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
     low = ordered[max(low_rank - 1, 0)]
     high = ordered[min(high_rank, n - 1)]
     return float(np.median(ordered)), float(low), float(high)
+
+
+def exact_interval(correct: int, photos: int, level: float = 0.95) -> tuple[float, float]:
+    """One model's accuracy interval on ``photos`` scored photos: exact (Clopper-Pearson)
+    binomial, the photo sampling being all the variation one trained model has."""
+    if photos == 0:
+        return math.nan, math.nan
+    low, high = stats.binomtest(correct, photos).proportion_ci(level, method="exact")
+    return float(low), float(high)

@@ -10,6 +10,7 @@ order: the first seed of every arm before the second seed of any.
 from __future__ import annotations
 
 import itertools
+import shlex
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,17 @@ class Cell:
         return RunConfig(
             source=self.source, heads=[self.head], seeds=[self.seed], promote=False, **self.settings
         )
+
+    def run_command(self) -> str:
+        """The ``compare-heads run`` line that trains exactly this cell (``config``'s values)."""
+        options = [
+            f"--source {shlex.quote(self.source)}", f"--head {self.head}", f"--seed {self.seed}",
+            "--no-promote",
+        ]  # fmt: skip
+        for name, value in self.settings.items():
+            shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            options.append(f"--{name.replace('_', '-')} {shlex.quote(shown)}")
+        return "compare-heads run " + " ".join(options)
 
     def key(self, data: str, code_version: str) -> str:
         cell = identity.cell_identity(self.config(), self.head, self.seed, data, code_version)

@@ -14,13 +14,13 @@ from matplotlib.figure import Figure
 
 from gap_models.architecture import HEADS
 from gap_models.config import RunConfig
-from gap_models.findings import call, interval
+from gap_models.findings import call, chosen_arm, interval
 from gap_models.plots import _finish
 from gap_models.provenance import code_version
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
 from gap_models.studies import study_names
 from gap_models.study_report import StudyEvidence, analyse_study
-from gap_models.verdicts import points
+from gap_models.verdicts import chosen_model, points
 
 NAME = "verdict"
 FIGURE = "capacity_across_studies.png"
@@ -64,13 +64,23 @@ def _findings(studied: StudyEvidence) -> list[str]:
     analysis = studied.analysis
     if analysis is None:
         return ["nothing trained yet."]
-    best = max(analysis.arms, key=lambda s: s.test[0])
+    best = chosen_arm(analysis)
     few = (
         " (fewer than 3 seeds: photo sampling only)" if best.seeds < MIN_SEEDS_FOR_INTERVAL else ""
     )
     lines = [
-        f"highest test accuracy: **{best.arm}** {interval(best.test)} %, {_seeds(best.seeds)}{few}."
+        f"chosen on validation: **{best.arm}** (mean validation accuracy "
+        f"{100 * best.validation[0]:.2f} %), test accuracy {interval(best.test)} %, "
+        f"{_seeds(best.seeds)}{few}."
     ]
+    model = chosen_model(analysis.evidence, studied.study.arms())
+    if model is not None:
+        lines.append(
+            f"the one model to use, chosen on validation: {model.arm} seed {model.seed} "
+            f"(validation {100 * model.validation:.2f} %), test accuracy {interval(model.test)} % "
+            f"({model.test_photos} photos, exact binomial); on photos no run saw: "
+            f"`compare-heads study best {studied.study.name} --score SOURCE`."
+        )
     for d in analysis.family:
         said = call(d)
         if d.seeds < MIN_SEEDS_FOR_INTERVAL:

@@ -188,6 +188,61 @@ def analyse(evidence: Evidence, plan: Plan) -> Analysis:
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class ChosenModel:
+    """The one trained model a comparison hands a user: the cell with the highest validation
+    accuracy (ties: fewer trainable parameters, then the lower seed). The test split played
+    no part in choosing it, so its test accuracy is an unbiased report of that model, and,
+    the model being one, its interval is photo sampling alone (exact binomial)."""
+
+    arm: str
+    seed: int
+    run_id: str
+    trainable_params: int
+    validation_correct: int
+    validation_photos: int
+    test_correct: int
+    test_photos: int
+
+    @property
+    def validation(self) -> float:
+        return self.validation_correct / self.validation_photos
+
+    @property
+    def test(self) -> tuple[float, float, float]:
+        """Test accuracy and its exact 95% interval."""
+        low, high = statistics.exact_interval(self.test_correct, self.test_photos)
+        return self.test_correct / self.test_photos, low, high
+
+
+def chosen_model(evidence: Evidence, arms: list[str] | None = None) -> ChosenModel | None:
+    """The cell of ``arms`` (default: every arm) chosen on validation (None: no cell)."""
+    candidates = []
+    for name in arms if arms is not None else list(evidence.arms):
+        arm = evidence.arms.get(name)
+        if arm is None:
+            continue
+        for i, seed in enumerate(arm.seeds):
+            validation, test = arm.correct[VALIDATION][i], arm.correct[TEST][i]
+            candidates.append(
+                ChosenModel(
+                    name,
+                    seed,
+                    arm.results[i].run_id,
+                    arm.trainable_params,
+                    int(validation.sum()),
+                    len(validation),
+                    int(test.sum()),
+                    len(test),
+                )  # fmt: skip
+            )
+    return max(
+        candidates,
+        key=lambda c: (c.validation, -c.trainable_params, -c.seed),
+        default=None,
+    )
+
+
 def verdict(d: statistics.Difference, claimed_positive: bool = True) -> str:
     """ "supported" when the Holm-adjusted test is significant in the claimed direction,
     "contradicted" when significant the other way, else "not shown"."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.study import cell_states, run_study, status_lines
 from gap_models import records
 from gap_models.checkpoints import checkpoint_dir
@@ -58,7 +61,9 @@ def _record_files(root: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if not p.name.startswith("data-"))
 
 
-def test_a_killed_study_resumes_every_cell_once_and_a_budget_stops_it(study_root):
+def test_a_killed_study_resumes_every_cell_once_and_a_budget_stops_it(
+    study_root, tmp_path, monkeypatch
+):
     # Killed in the middle of its second cell: the first cell's record is complete.
     code = (
         "import sys; from pathlib import Path; from flows.study import run_study; "
@@ -115,6 +120,27 @@ def test_a_killed_study_resumes_every_cell_once_and_a_budget_stops_it(study_root
     lines, states = status_lines(study_root, "tiny")
     assert all(state.state == "done" for state in states)
     assert lines[-1].startswith("4 done, 0 missing, 0 stale")
+
+    # `study best`: the cell with the highest validation accuracy (ties: fewer parameters,
+    # then the lower seed), its model in this store, scored on photos no run of it saw.
+    def accuracy(record, split):
+        return float(((record.predictions[split] >= 0.5) == data.labels[split]).mean())
+
+    cells = [read_record(path) for path in files]
+    best = max(
+        cells, key=lambda r: (accuracy(r, "validation"), -r.result.trainable_params, -r.seed)
+    )
+    monkeypatch.setattr("tracking.runs.repo_root", lambda: study_root)
+    held = make_pet_images(tmp_path / "held", per_class=10, size=32, seed=11)
+    result = CliRunner().invoke(app, ["study", "best", "tiny", "--score", str(held / "PetImages")])
+    assert f"  {best.arm} seed {best.seed}: validation " in result.output, result.output
+    assert f"MLflow run {best.result.run_id}" in result.output
+    assert "  model: models:/" in result.output
+    scored = re.search(r"accuracy ([\d.]+) % on 20 photos", result.output)
+    assert scored, result.output
+    difference = float(scored.group(1)) - 100 * accuracy(best, "test")
+    assert f"unseen photos minus test: {difference:+.2f} points" in result.output
+    assert result.exit_code == (0 if abs(difference) <= 2 else 1), result.output
 
 
 def test_a_paused_cell_resumes_and_a_record_of_older_code_is_stale(study_root, monkeypatch):

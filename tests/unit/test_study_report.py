@@ -15,6 +15,7 @@ from gap_models.study_records import (
     CellRecord,
     DataFile,
     data_path,
+    read_data_file,
     read_record,
     record_path,
     write_json_atomically,
@@ -271,3 +272,71 @@ def test_report_without_a_name_writes_every_section_its_figures_and_the_answer(t
     folder = tmp_path / "docs" / "studies"
     assert (folder / FIGURE).stat().st_size > 0
     assert {p.name for p in (folder / "synthetic").iterdir()} >= {"README.md", "forest.png"}
+
+
+def test_the_model_a_study_hands_over_is_chosen_on_validation_never_on_test(tmp_path):
+    """The arm and the one model a study names are those with the highest validation
+    accuracy, whatever their test accuracy; the model's test figure has an exact interval."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from flows.study import chosen_cell
+    from gap_models.study_report import analyse_study
+    from gap_models.study_verdict import render_verdict
+
+    asked = STUDY.replace('source = "photos"', 'source = "photos"\nquestion = "Is gap better?"')
+    _write_study(tmp_path, text=asked)
+    data = read_data_file(data_path(tmp_path, "synthetic", "d1"))
+    path = record_path(tmp_path, "synthetic", "fc-seed1")
+    record = read_record(path)  # right on every validation photo, on half of the test photos
+    truth = data.labels["validation"]
+    record.predictions["validation"] = np.where(truth == 1, 0.9, 0.1).astype(np.float32)
+    test = data.labels["test"]
+    half = np.arange(len(test)) < len(test) // 2
+    record.predictions["test"] = np.where(half == (test == 1), 0.9, 0.1).astype(np.float32)
+    write_json_atomically(path, record.to_json())
+
+    model, chosen_record, cell = chosen_cell(tmp_path, "synthetic")
+    assert (model.arm, model.seed, model.validation) == ("fc", 1, 1.0)
+    assert chosen_record.result.run_id == model.run_id == "r1" and cell.head == "fc"
+    accuracy, low, high = model.test
+    assert accuracy == 0.5
+    assert (low, high) == pytest.approx(proportion_confint(150, 300, method="beta"), abs=1e-9)
+    studied = analyse_study(tmp_path, "synthetic")
+    test_means = {a.arm: a.test[0] for a in studied.analysis.arms}
+    assert test_means["gap"] > test_means["fc"]  # gap is better on test, fc on validation
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert "chosen on validation: **fc** (mean validation accuracy" in verdict
+    assert "the one model to use, chosen on validation: fc seed 1 (validation 100.00 %)" in verdict
+    section, _ = render(tmp_path, "synthetic", ".", draw=False)
+    assert "Chosen on validation: **fc**" in section
+
+
+@pytest.mark.parametrize("name", study_names(ROOT))
+def test_a_cells_run_command_trains_exactly_that_cell(name, tmp_path, monkeypatch):
+    """`study best` prints the `compare-heads run` line of a cell whose model this machine
+    lacks: the CLI turns it back into the very configuration the study trains."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    import flows.compare_heads
+    from flows.cli import app
+
+    text = (ROOT / "studies" / f"{name}.toml").read_text()
+    source = next(line for line in text.splitlines() if line.startswith("source"))
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / f"{name}.toml").write_text(text.replace(source, 'source = "photos"'))
+    (tmp_path / "photos").mkdir()
+    cell = load_study(tmp_path, name).cells(tmp_path)[-1]
+    called = {}
+
+    def capture(**parameters):
+        called.update(parameters)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(flows.compare_heads, "compare_heads", capture)
+    words = shlex.split(cell.run_command())
+    assert words[0] == "compare-heads"
+    result = CliRunner().invoke(app, words[1:])
+    assert result.exit_code == 0, result.output
+    assert called == cell.config().model_dump()
