@@ -265,23 +265,36 @@ def study_status(name: Annotated[str, typer.Argument(help="studies/NAME.toml")])
 
 @study_app.command("run")
 def study_run(
-    name: Annotated[str, typer.Argument(help="studies/NAME.toml")],
+    names: Annotated[
+        list[str],
+        typer.Argument(
+            help="studies/NAME.toml, one or more: the budget is shared, in the order given"
+        ),
+    ],
     budget_minutes: Annotated[
         float | None,
         typer.Option(help="Start no cell that this CPU's estimate says would end later"),
     ] = None,
 ) -> None:
     """Train the cells that have no current record, first seed of every arm first, and
-    write each record as it finishes (commit them). Exit status 3 when cells are left."""
-    from flows.study import run_study
+    write each record as it finishes (commit them). With several studies, one budget: a
+    later study's short cells fill what an earlier study's long cell leaves. Exit status 3
+    when cells are left."""
+    from flows.study import run_studies
 
     try:
-        left = run_study(name, budget_minutes, say=typer.echo)
+        left = run_studies(names, budget_minutes, say=typer.echo)
     except (FileNotFoundError, ValueError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"{len(left)} cells left" if left else "every cell has a current record")
-    if left:
+    for name, cells in left.items():
+        prefix = f"{name}: " if len(left) > 1 else ""
+        typer.echo(
+            f"{prefix}{len(cells)} cell{'s' if len(cells) != 1 else ''} left"
+            if cells
+            else f"{prefix}every cell has a current record"
+        )
+    if any(left.values()):
         raise typer.Exit(3)
 
 

@@ -200,66 +200,92 @@ def _needed_seconds(root: Path, study: Study, state: CellState) -> float:
 
 def run_study(name: str, budget_minutes: float | None = None, root: Path | None = None,
               say: Say = print) -> list[CellState]:  # fmt: skip
-    """Train the cells of study ``name`` that have no current record, in priority order,
-    within the budget: the first cell that this CPU's estimate says ends within it goes
-    first (``next_cell``); when none does, the first trains until the budget ends and
-    pauses there with its checkpoint kept, if one and a half of its epochs fit; the next
-    ``run_study`` resumes it. Returns the cells still missing or stale when it stops."""
+    """Train the cells of study ``name`` that have no current record (``run_studies`` of
+    one study). Returns the cells still missing or stale when it stops."""
+    return run_studies([name], budget_minutes, root, say)[name]
+
+
+def run_studies(names: list[str], budget_minutes: float | None = None, root: Path | None = None,
+                say: Say = print) -> dict[str, list[CellState]]:  # fmt: skip
+    """Train the cells of studies ``names`` that have no current record, study by study in
+    the order given and each in its priority order, within one budget: the first cell that
+    this CPU's estimate says ends within it goes first (``next_cell``), so a later study's
+    short cells fill what an earlier study's long cell leaves; when none does, the first
+    trains until the budget ends and pauses there with its checkpoint kept, if one and a
+    half of its epochs fit; the next run resumes it. Returns, per study, the cells still
+    missing or stale when it stops."""
     root = root or repo_root()
-    study = load_study(root, name)
+    studies = [load_study(root, name) for name in names]
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
     deadline = None if budget_minutes is None else time.monotonic() + budget_minutes * 60
     until = None if budget_minutes is None else time.time() + budget_minutes * 60
+    several = len(studies) > 1
+
+    def label(study: Study, state: CellState) -> str:
+        cell = f"{state.cell.arm} seed {state.cell.seed}"
+        return f"{study.name}: {cell}" if several else cell
+
+    def reused(study: Study, state: CellState) -> bool:
+        """Whether the same model (same key) is recorded by any study: copied, not trained."""
+        existing = find_record_by_key(root, state.key)
+        if existing is not None:
+            target = record_path(root, study.name, state.cell.file_stem)
+            _adopt_record(root, study, state, existing, target)
+            say(f"reused {label(study, state)} from {existing}")
+        return existing is not None
+
     with _training_until(until):
-        pending = [s for s in cell_states(root, study) if s.state != "done"]
-        for state in list(pending):
-            existing = find_record_by_key(root, state.key)
-            if existing is not None:  # the same model, recorded by another study
-                target = record_path(root, study.name, state.cell.file_stem)
-                _adopt_record(root, study, state, existing, target)
-                say(f"reused {state.cell.arm} seed {state.cell.seed} from {existing}")
-                pending.remove(state)
+        pending = [
+            (study, state)
+            for study in studies
+            for state in cell_states(root, study)
+            if state.state != "done" and not reused(study, state)
+        ]
         while pending:
             chosen, needed, left = 0, 0.0, 0.0
             if deadline is not None:
                 left = deadline - time.monotonic()
-                needs = [_needed_seconds(root, study, s) for s in pending]
+                needs = [_needed_seconds(root, study, state) for study, state in pending]
                 chosen = next_cell(needs, left)
                 needed = needs[chosen]
                 if chosen:
                     say(
-                        f"passing over {pending[0].cell.arm} seed {pending[0].cell.seed} for "
-                        f"now: it needs about {needs[0] / 60:.0f} min, {left / 60:.0f} are "
-                        "left, and a later cell ends within the budget"
+                        f"passing over {label(*pending[0])} for now: it needs about "
+                        f"{needs[0] / 60:.0f} min, {left / 60:.0f} are left, and a later cell "
+                        "ends within the budget"
                     )
-            state = pending.pop(chosen)
-            label = f"{state.cell.arm} seed {state.cell.seed}"
+            study, state = pending.pop(chosen)
+            if several and reused(study, state):  # recorded meanwhile by a study before it
+                continue
+            name = label(study, state)
             resumes = f", resuming after epoch {state.epochs_done}" if state.epochs_done else ""
             per_epoch = needed / max(1, state.epochs - state.epochs_done)
             if deadline is not None and needed > left and left < FIRST_EPOCH_MARGIN * per_epoch:
                 say(
-                    f"stopping: {label} needs about {needed / 60:.0f} min on this CPU "
+                    f"stopping: {name} needs about {needed / 60:.0f} min on this CPU "
                     f"({per_epoch / 60:.0f} min an epoch), {max(left, 0) / 60:.0f} min "
                     "of the budget are left"
                 )
                 break
             if deadline is not None and needed > left:
                 say(
-                    f"training {label} ({state.state}{resumes}) until the budget ends: it "
+                    f"training {name} ({state.state}{resumes}) until the budget ends: it "
                     f"needs about {needed / 60:.0f} min, {left / 60:.0f} are left; it "
                     "pauses there with its checkpoint kept"
                 )
             else:
-                say(f"training {label} ({state.state}{resumes})")
+                say(f"training {name} ({state.state}{resumes})")
             try:
                 _train_cell(root, study, state, say)
             except TrainingPaused as paused:
                 say(
-                    f"paused {label} after epoch {paused.epochs_done} of {paused.epochs} at "
-                    f"the end of the budget; `compare-heads study run {name}` resumes it"
+                    f"paused {name} after epoch {paused.epochs_done} of {paused.epochs} at "
+                    f"the end of the budget; `compare-heads study run {study.name}` resumes it"
                 )
                 break
-    return [s for s in cell_states(root, study) if s.state != "done"]
+    return {
+        study.name: [s for s in cell_states(root, study) if s.state != "done"] for study in studies
+    }
 
 
 def _earlier_seconds(metrics: dict[str, float]) -> float:

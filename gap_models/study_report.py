@@ -59,7 +59,7 @@ def _provenance(cell_records, name: str) -> str:
     trained = "; ".join(f"{count} on {machine}" for machine, count in sorted(machines.items()))
     text = (
         f"Cells trained: {trained}; code version {', '.join(versions)}; recorded "
-        f"{dates[0]} to {dates[-1]}."
+        f"{dates[0] if dates[0] == dates[-1] else f'{dates[0]} to {dates[-1]}'}."
     )
     resumed = [
         f"{r.arm} seed {r.seed} after epoch {r.extra_metrics[records.RESUMED_AT_EPOCH]:.0f}"

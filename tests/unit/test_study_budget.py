@@ -91,3 +91,39 @@ def test_a_cell_is_sized_at_the_rate_of_its_own_trunk_on_this_cpu(tmp_path, monk
         (article + deep) / 2  # the median of all float32 records, half of each trunk
     )
     assert study_state.seconds_per_flop(tmp_path, "mixed_bfloat16", "deep") is not None
+
+
+def test_several_studies_share_one_budget_from_the_cli(tiny_root, monkeypatch):
+    # `study run long tiny --budget-minutes 25`: long's one cell (40 min) fits in none of it,
+    # so tiny's 10-min gap cells fill the budget first; long's cell then starts and pauses.
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    long = STUDY.replace('heads = ["gap", "fc"]', 'heads = ["fc"]').replace("[0, 1]", "[0]")
+    (tiny_root / "studies" / "long.toml").write_text(long.replace('[["gap", "fc"]]', "[]"))
+    minutes = {("tiny", "gap"): 10, ("tiny", "fc"): 40, ("long", "fc"): 40}
+    trained: list[tuple[str, str, int]] = []
+    clock = [0.0]
+    monkeypatch.setattr(flows.study, "repo_root", lambda: tiny_root)
+    monkeypatch.setattr(flows.study.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(
+        flows.study,
+        "_needed_seconds",
+        lambda root, study, state: minutes[study.name, state.cell.arm] * 60,
+    )
+
+    def train(root, study, state, say):
+        trained.append((study.name, state.cell.arm, state.cell.seed))
+        if state.cell.arm == "fc":
+            raise TrainingPaused(7, 40, tiny_root / "checkpoint")
+        clock[0] += minutes[study.name, state.cell.arm] * 60 * 0.9
+
+    monkeypatch.setattr(flows.study, "_train_cell", train)
+    result = CliRunner().invoke(app, ["study", "run", "long", "tiny", "--budget-minutes", "25"])
+    assert result.exit_code == 3, result.output
+    assert trained == [("tiny", "gap", 0), ("tiny", "gap", 1), ("long", "fc", 0)]
+    lines = result.output.splitlines()
+    assert lines[0].startswith("passing over long: fc seed 0 for now: it needs about 40 min")
+    assert "paused long: fc seed 0 after epoch 7 of 40" in result.output
+    assert lines[-2:] == ["long: 1 cell left", "tiny: 4 cells left"]
