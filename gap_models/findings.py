@@ -5,9 +5,11 @@ bootstrap seeds), so a committed section can be checked against a fresh renderin
 
 from __future__ import annotations
 
+import math
+
 from gap_models.claims import claims
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
-from gap_models.verdicts import Analysis, points, verdict
+from gap_models.verdicts import Analysis, convergence, points, verdict
 
 NOTE = (
     "Intervals are 95% percentile intervals of a two-level bootstrap (seeds, then photos, "
@@ -97,6 +99,27 @@ def translation_table(analysis: Analysis) -> str:
     return _table(["arm"] + [f"{p} px, %" for p in shifts], rows)
 
 
+def convergence_table(analysis: Analysis) -> str:
+    """Per arm, seed by seed: epochs run, epoch of the best validation accuracy, epochs to
+    the plan's target, and the late gain (``gap_models.verdicts.Convergence``)."""
+    target = analysis.plan.target_val_accuracy
+    header = ["arm", "epochs run", "epoch of best validation accuracy",
+              f"epochs to {100 * target:.0f} % validation accuracy",
+              "best validation gain in the last quarter of the epochs, points"]  # fmt: skip
+    reached = {s.arm: s.epochs_to_target for s in analysis.arms}
+
+    def listed(values, shown=str) -> str:
+        return ", ".join("-" if v is None else shown(v) for v in values)
+
+    rows = [
+        [c.arm, listed(c.epochs_run) + (f" of {c.declared}" if c.declared else ""),
+         listed(c.best_epoch), listed(reached.get(c.arm, [])),
+         listed(c.late_gain, lambda v: "n/a" if math.isnan(v) else f"{100 * v:+.1f}")]
+        for c in convergence(analysis.evidence)
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
 def claims_table(analysis: Analysis) -> str:
     rows = [[c.claim, f"**{c.verdict}**", c.evidence] for c in claims(analysis)]
     return _table(["claim", "verdict", "what we measured"], rows)
@@ -149,6 +172,7 @@ def analysis_markdown(analysis: Analysis, heading: str = "##") -> str:
     for title, table in (
         ("Pairwise differences (one Holm family)", family_table(analysis)),
         ("Equivalence (two one-sided tests)", equivalence_table(analysis)),
+        ("Convergence (validation accuracy per epoch, seed by seed)", convergence_table(analysis)),
         ("Overfitting on like terms (inference mode, both splits)", overfitting_table(analysis)),
         ("Translation robustness (test photos shifted, 4 directions)", translation_table(analysis)),
         ("The article's claims (gap against fc)", claims_table(analysis)),

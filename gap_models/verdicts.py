@@ -188,6 +188,46 @@ def analyse(evidence: Evidence, plan: Plan) -> Analysis:
     )  # fmt: skip
 
 
+LATE_SHARE = 0.25
+"""How far back the convergence table looks: the last quarter of a fit's epochs (at least
+two). A fit whose best validation accuracy still rose there stopped while it was learning."""
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Whether an arm's fits had stopped learning, seed by seed: epochs run (of those
+    declared; fewer: early stopping ended it), the epoch of the best validation accuracy,
+    and how much the best validation accuracy of the last quarter of the epochs beat the
+    best before it (points; about zero once a fit has converged)."""
+
+    arm: str
+    declared: int | None
+    epochs_run: list[int]
+    best_epoch: list[int]
+    late_gain: list[float]
+
+
+def late_gain(curve: list[float]) -> float:
+    """Best of the last quarter of ``curve`` (at least two values) minus the best before."""
+    late = max(2, round(LATE_SHARE * len(curve)))
+    return max(curve[-late:]) - max(curve[:-late]) if len(curve) > late else math.nan
+
+
+def convergence(evidence: Evidence) -> list[Convergence]:
+    """Each arm's convergence, from its cells' per-epoch validation accuracy."""
+    rows = []
+    for name, arm in evidence.arms.items():
+        curves = [r.history.get(records.VAL_ACCURACY) or [] for r in arm.results]
+        if not all(curves):
+            continue
+        declared = arm.settings.get("epochs")
+        epochs = int(declared) if declared is not None else None
+        best = [int(np.argmax(c)) + 1 for c in curves]
+        late = [late_gain(c) for c in curves]
+        rows.append(Convergence(name, epochs, [len(c) for c in curves], best, late))
+    return rows
+
+
 @dataclass(frozen=True)
 class ChosenModel:
     """The one trained model a comparison hands a user: the cell with the highest validation

@@ -340,3 +340,24 @@ def test_a_cells_run_command_trains_exactly_that_cell(name, tmp_path, monkeypatc
     result = CliRunner().invoke(app, words[1:])
     assert result.exit_code == 0, result.output
     assert called == cell.config().model_dump()
+
+
+def test_the_convergence_table_says_whether_each_fit_was_still_learning(tmp_path):
+    from gap_models.verdicts import late_gain
+
+    assert late_gain([0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.87, 0.95]) == pytest.approx(0.09)
+    # 30 epochs, best 10 back: the last quarter (8 epochs) stayed 10 points below it
+    assert late_gain([0.5] * 20 + [0.9] + [0.8] * 9) == pytest.approx(-0.1)
+    assert np.isnan(late_gain([0.7, 0.8]))  # too short to have a before
+    _write_study(tmp_path)
+    curves = {"gap-seed0": [0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.87, 0.95],
+              "fc-seed0": [0.5, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8, 0.79]}  # fmt: skip
+    for stem, curve in curves.items():
+        path = record_path(tmp_path, "synthetic", stem)
+        record = read_record(path)
+        record.result.history[records.VAL_ACCURACY] = curve
+        write_json_atomically(path, record.to_json())
+    section, _ = render(tmp_path, "synthetic", ".", draw=False)
+    assert "#### Convergence (validation accuracy per epoch, seed by seed)" in section
+    assert "| fc | 8, 2, 2 | 3, 2, 2 | 3, -, - | +0.0, n/a, n/a |" in section
+    assert "| gap | 8, 2, 2 | 8, 2, 2 | 4, -, - | +9.0, n/a, n/a |" in section
