@@ -2,6 +2,7 @@
 # virtual environment first when it needs one.
 #
 #   make run [PARAMS='{"epochs": 1}']   services, deployments, one watched flow run, links
+#            [DEPLOYMENT=compare-heads-deep]  the studies' strongest model instead
 #   make test                            every test tier (unit, integration, e2e)
 #   make up | down | status              the MLflow server, Prefect server, worker (up also
 #                                        applies the deployments)
@@ -23,6 +24,9 @@ INSTALLED := $(VENV)/.installed
 # spaces reach scripts/run.py untouched.
 PARAMS ?=
 export PARAMS
+# The deployment `make run` starts (prefect.yaml): compare-heads, or compare-heads-deep (the
+# strongest model the studies found, about an hour a model on 2 cores).
+DEPLOYMENT ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv up down status deploy run serve test lint
@@ -69,7 +73,8 @@ run: venv
 	scripts/services.sh up && \
 		COMPARE_HEADS_SOURCE="$${COMPARE_HEADS_SOURCE:-$$($(BIN)/python -c 'import json, os; print(json.loads(os.environ.get("PARAMS") or "{}").get("source", ""))')}" \
 		scripts/services.sh deploy && \
-		eval "$$(scripts/services.sh env)" && $(BIN)/python scripts/run.py
+		eval "$$(scripts/services.sh env)" && \
+		COMPARE_HEADS_DEPLOYMENT="$(DEPLOYMENT)" $(BIN)/python scripts/run.py
 
 # MODEL, ALIAS (champion) and SERVE_PORT (5002) are read from the environment or make's
 # command line by the script.

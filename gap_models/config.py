@@ -43,6 +43,20 @@ RECIPES: tuple[str, ...] = get_args(Recipe)
 RESOLVED_PRECISIONS: tuple[str, ...] = tuple(p for p in PRECISIONS if p != "auto")
 
 
+DEEP_RECIPE: dict[str, object] = {
+    "backbone": "deep",
+    "recipe": "converge",
+    "epochs": 30,
+    "heads": ["gap"],
+    "precision": "float32",
+}
+"""The strongest model the studies found, as flow parameters over the defaults: the deep
+trunk trained to convergence (docs/RESULTS.md, study deep_trunk), in the precision those
+records were trained in. The deployment compare-heads-deep runs it (prefect.yaml repeats it:
+a test checks); ``make run DEPLOYMENT=compare-heads-deep`` or ``compare-heads run`` with the
+same options. About an hour a model on a 2-core CPU (README)."""
+
+
 class RunConfig(BaseModel):
     """Parameters of one compare-heads run: the one home of every name, default and allowed
     value. The flow, the CLI and prefect.yaml take theirs from here (a test checks), and bad

@@ -2,6 +2,7 @@
 deployment run through the worker, its log followed to the end, then where to look.
 
     PARAMS='{"source": "../shared/data/kagglecatsanddogs_180px.zip", "epochs": 1}' make run
+    make run DEPLOYMENT=compare-heads-deep PARAMS='{"source": "photos.zip"}'
 
 PARAMS is a JSON object of flow parameters; anything not given takes the deployment's
 default. The exit status is 0 only when the flow run ends Completed. Reads PREFECT_API_URL
@@ -26,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gap_models import records  # noqa: E402
 from tracking.runs import EXPERIMENT_NAME  # noqa: E402
 
-DEPLOYMENT = "compare-heads/compare-heads"
+DEPLOYMENT = f"compare-heads/{os.environ.get('COMPARE_HEADS_DEPLOYMENT') or 'compare-heads'}"
+"""``make run DEPLOYMENT=compare-heads-deep`` runs another deployment of prefect.yaml."""
 NOTHING_TRAINED = ("skip", "evaluate")  # gap_models.planning's SKIP, EVALUATE (no TensorFlow here)
 
 

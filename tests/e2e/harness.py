@@ -26,6 +26,7 @@ SERVICES_SCRIPT = REPO_ROOT / "scripts" / "services.sh"
 EXPERIMENT_NAME = "compare-heads"
 ON_DEMAND = "compare-heads/compare-heads"
 SCHEDULED = "compare-heads/compare-heads-scheduled"
+DEEP = "compare-heads/compare-heads-deep"
 WATCH = "watch-source/compare-heads-watch"
 STARTUP_SECONDS = 300
 FLOW_RUN_SECONDS = 600

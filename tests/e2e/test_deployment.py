@@ -14,8 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from gap_models.config import RunConfig
+from gap_models.config import DEEP_RECIPE, RunConfig
 from tests.e2e.harness import (
+    DEEP,
     FIRST_RUN_PARAMS,
     FLOW_RUN_SECONDS,
     ON_DEMAND,
@@ -91,6 +92,9 @@ def test_deployments_mirror_prefect_yaml(services: Services):
     assert parameters == RunConfig().model_dump()
     assert {name: parameters.get(name) for name in DOCUMENTED_DEFAULTS} == DOCUMENTED_DEFAULTS
     assert not on_demand["schedules"]
+    deep = inspect_deployment(services, DEEP)
+    assert deep["parameters"] == {**RunConfig().model_dump(), **DEEP_RECIPE}
+    assert not deep["schedules"]
     # The worker runs the code of this checkout, in place.
     [pull_step] = on_demand["pull_steps"]
     step = pull_step["prefect.deployments.steps.set_working_directory"]
@@ -180,9 +184,11 @@ def test_weaker_challenger_keeps_the_champion(services: Services, completed_firs
     client = mlflow_client(services)
     champion_before = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
     # A learning rate this small leaves the model at its initial weights: it cannot beat a
-    # champion trained on the same data, scored on the same validation photos.
+    # champion trained on the same data, scored on the same validation photos. It comes from
+    # the deep deployment (the studies' strongest recipe), shrunk to seconds: that
+    # deployment's own parameters reach the flow through the worker.
     weaker = services.run_deployment(
-        ON_DEMAND,
+        DEEP,
         {
             "source": str(pet_images),
             "image_size": 40,
@@ -195,6 +201,11 @@ def test_weaker_challenger_keeps_the_champion(services: Services, completed_firs
     assert weaker.returncode == 0, f"{weaker.output[-6000:]}\n{services.logs()}"
     parent = parent_run_of(services, weaker)
     assert parent.data.tags.get("promotion_decision") == "kept", parent.data.tags
+    assert {k: parent.data.params[k] for k in ("backbone", "recipe", "precision")} == {
+        "backbone": "deep",
+        "recipe": "converge",
+        "precision": "float32",
+    }, parent.data.params
     champion_after = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
     assert champion_after.version == champion_before.version
     challenger = client.get_model_version_by_alias(REGISTERED_MODEL, "challenger")

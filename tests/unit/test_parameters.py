@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gap_models.architecture import HEAD_NAMES
-from gap_models.config import RunConfig
+from gap_models.config import DEEP_RECIPE, RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 FIELDS = list(RunConfig.model_fields)
@@ -52,13 +52,19 @@ def test_prefect_yaml_parameters_are_runconfig_defaults(monkeypatch):
     flows = [
         d for d in document["deployments"] if d["entrypoint"].startswith("flows/compare_heads")
     ]
+    expected = {
+        "compare-heads": defaults,
+        "compare-heads-scheduled": {**defaults, "promote": True, "max_age_days": 28},
+        "compare-heads-deep": {**defaults, **DEEP_RECIPE},  # the studies' strongest model
+    }
+    assert sorted(d["name"] for d in flows) == sorted(expected)
     for deployment in flows:
         parameters = apply_values(deployment["parameters"], {}, False)
-        scheduled = {**defaults, "promote": True, "max_age_days": 28}  # retrains monthly at least
-        expected = scheduled if "scheduled" in deployment["name"] else defaults
-        assert parameters == expected, deployment["name"]
+        assert parameters == expected[deployment["name"]], deployment["name"]
+    RunConfig(**expected["compare-heads-deep"])  # valid as it stands
     monkeypatch.setenv("COMPARE_HEADS_SOURCE", "../shared/data/photos.zip")
-    on_demand, scheduled = (apply_values(d["parameters"], {}, False) for d in flows)
+    named = {d["name"]: apply_values(d["parameters"], {}, False) for d in flows}
+    on_demand, scheduled = named["compare-heads"], named["compare-heads-scheduled"]
     assert scheduled["source"] == "../shared/data/photos.zip"
     assert on_demand["source"] == defaults["source"]
     services = (REPO / "scripts" / "services.sh").read_text()
