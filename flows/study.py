@@ -374,6 +374,7 @@ def chosen_lines(root: Path, name: str) -> tuple[list[str], str, float]:
     where it was trained, and where its model is; with its model URI ("" when this machine
     does not hold it) and its test accuracy."""
     from gap_models.findings import interval
+    from gap_models.verdicts import target_call
 
     model, record, cell = chosen_cell(root, name)
     stale = "" if record.code_version == code_version() else " (stale: older training code)"
@@ -389,6 +390,9 @@ def chosen_lines(root: Path, name: str) -> tuple[list[str], str, float]:
         f"{record.recorded_at}, code version {record.code_version}{stale}, MLflow run "
         f"{model.run_id}",
     ]
+    target = load_study(root, name).analysis.target_test_accuracy
+    if target is not None:
+        lines.append(f"  {target_call(model, target).replace('**', '')}")
     if uri:
         lines.append(f"  model: {uri} (in {store})")
     else:

@@ -65,6 +65,9 @@ class Analysis(BaseModel):
     bootstrap_draws: int = Field(4000, ge=200, le=100_000)
     # Epochs to reach this validation accuracy (speed of learning, not of the CPU).
     target_val_accuracy: float = Field(0.8, gt=0, lt=1)
+    # A bar the chosen model's test accuracy must clear (none: no bar): reached only when
+    # the lower end of its exact 95% interval clears it.
+    target_test_accuracy: float | None = Field(None, gt=0, lt=1)
     figures: list[Figure] = Field(default_factory=lambda: ["forest", "accuracies", "curves"])
     # Another study whose records of the same arms and seeds join this analysis, labelled
     # "<arm>@<baseline>" (paired by seed and photo: both must use the same data), so that

@@ -20,7 +20,7 @@ from gap_models.provenance import code_version
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
 from gap_models.studies import study_names
 from gap_models.study_report import StudyEvidence, analyse_study
-from gap_models.verdicts import chosen_model, points
+from gap_models.verdicts import chosen_model, points, target_call
 
 NAME = "verdict"
 FIGURE = "capacity_across_studies.png"
@@ -81,6 +81,9 @@ def _findings(studied: StudyEvidence) -> list[str]:
             f"({model.test_photos} photos, exact binomial); on photos no run saw: "
             f"`compare-heads study best {studied.study.name} --score SOURCE`."
         )
+        target = studied.study.analysis.target_test_accuracy
+        if target is not None:
+            lines.append(f"{target_call(model, target)}.")
     for d in analysis.family:
         said = call(d)
         if d.seeds < MIN_SEEDS_FOR_INTERVAL:

@@ -255,6 +255,18 @@ class ChosenModel:
         return self.test_correct / self.test_photos, low, high
 
 
+def target_call(model: ChosenModel, target: float) -> str:
+    """Whether the chosen model's test accuracy clears ``target``, by its exact interval."""
+    accuracy, low, high = model.test
+    bar = f"target {100 * target:.1f} % test accuracy"
+    if low >= target:
+        return f"{bar}: **reached** (the whole 95% interval lies above it)"
+    if high < target:
+        return f"{bar}: **missed** (the whole 95% interval lies below it)"
+    side = "above" if accuracy >= target else "below"
+    return f"{bar}: not shown either way (the estimate is {side} it, the interval spans it)"
+
+
 def chosen_model(evidence: Evidence, arms: list[str] | None = None) -> ChosenModel | None:
     """The cell of ``arms`` (default: every arm) chosen on validation (None: no cell)."""
     candidates = []

@@ -361,3 +361,19 @@ def test_the_convergence_table_says_whether_each_fit_was_still_learning(tmp_path
     assert "#### Convergence (validation accuracy per epoch, seed by seed)" in section
     assert "| fc | 8, 2, 2 | 3, 2, 2 | 3, -, - | +0.0, n/a, n/a |" in section
     assert "| gap | 8, 2, 2 | 8, 2, 2 | 4, -, - | +9.0, n/a, n/a |" in section
+
+
+def test_a_target_is_reached_only_when_the_whole_interval_clears_it():
+    from gap_models.verdicts import ChosenModel, target_call
+
+    def model(correct: int) -> ChosenModel:
+        return ChosenModel("gap", 0, "r", 1000, 1800, 1905, correct, 1948)
+
+    assert "**reached**" in target_call(model(1820), 0.9)  # 93.4 %, interval above 92 %
+    assert "**missed**" in target_call(model(1690), 0.9)  # 86.8 %, interval below 88.3 %
+    assert target_call(model(1760), 0.9).endswith(
+        "(the estimate is above it, the interval spans it)"
+    )
+    assert target_call(model(1745), 0.9).endswith(
+        "(the estimate is below it, the interval spans it)"
+    )
