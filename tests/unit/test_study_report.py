@@ -377,3 +377,20 @@ def test_a_target_is_reached_only_when_the_whole_interval_clears_it():
     assert target_call(model(1745), 0.9).endswith(
         "(the estimate is below it, the interval spans it)"
     )
+
+
+def test_study_best_says_clearly_when_there_is_nothing_to_hand_over(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "synthetic.toml").write_text(STUDY)
+    monkeypatch.setattr("tracking.runs.repo_root", lambda: tmp_path)
+    result = CliRunner().invoke(app, ["study", "best", "synthetic"])
+    assert result.exit_code == 2
+    assert "study synthetic has no recorded cell yet: `compare-heads study run synthetic`" in (
+        result.output
+    )
+    result = CliRunner().invoke(app, ["study", "best", "nosuch"])
+    assert result.exit_code == 2 and "nosuch" in result.output
