@@ -142,6 +142,26 @@ def test_a_killed_study_resumes_every_cell_once_and_a_budget_stops_it(
     assert f"unseen photos minus test: {difference:+.2f} points" in result.output
     assert result.exit_code == (0 if abs(difference) <= 2 else 1), result.output
 
+    # The study's own photos were all in the model's run: nothing to score, said so.
+    result = CliRunner().invoke(
+        app, ["study", "best", "tiny", "--score", str(study_root / "photos" / "PetImages")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "was in the model's run: none is unseen" in result.output
+
+    # Another machine's store lacks the model: the line that trains a model of that cell,
+    # and --score exits 2 with the reason rather than failing on a missing run.
+    empty_store = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store)
+    result = CliRunner().invoke(app, ["study", "best", "tiny", "--score", str(held / "PetImages")])
+    assert result.exit_code == 2, result.output
+    assert "model: not in this machine's MLflow store" in result.output
+    assert (
+        "compare-heads run " in result.output
+        and f"--head {best.arm} --seed {best.seed}" in result.output
+    )
+    assert "cannot score: this machine does not hold the model" in result.output
+
 
 def test_a_paused_cell_resumes_and_a_record_of_older_code_is_stale(study_root, monkeypatch):
     one = STUDY.replace('heads = ["gap", "fc"]', 'heads = ["gap"]').replace("[0, 1]", "[0]")
