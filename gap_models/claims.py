@@ -13,6 +13,7 @@ from gap_models.verdicts import (
     SUPPORTED,
     Analysis,
     points,
+    precise_validation,
     verdict,
 )
 
@@ -72,6 +73,8 @@ def claims(analysis: Analysis, gap: str = "gap", fc: str = "fc") -> list[Claim]:
         f"of every seed); epochs to {analysis.plan.target_val_accuracy:.0%} validation "
         f"accuracy {_epochs(g.epochs_to_target)} vs {_epochs(f.epochs_to_target)}"
     )
+    if not precise_validation(analysis.evidence.arms[gap].settings):
+        speed += " (per-epoch validation from Keras' moving BatchNorm statistics: rough)"
     faster = g.images_per_second[1] > f.images_per_second[2]
     slower = g.images_per_second[2] < f.images_per_second[1]
     table.append(

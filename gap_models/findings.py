@@ -9,11 +9,12 @@ import math
 
 from gap_models.claims import claims
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
-from gap_models.verdicts import Analysis, convergence, points, verdict
+from gap_models.verdicts import Analysis, chosen_arm, convergence, points, verdict
 
 NOTE = (
-    "Intervals are 95% percentile intervals of a two-level bootstrap (seeds, then photos, "
-    "paired across arms); differences are counted in photos, then divided."
+    "Accuracy intervals are 95% percentile intervals of a two-level bootstrap (seeds, then "
+    "photos, paired across arms); differences are counted in photos, then divided; each "
+    "family of tests is Holm-adjusted over every comparison it declares."
 )
 
 
@@ -52,7 +53,26 @@ def call(d) -> str:
         return "significant"
     if d.identical:
         return "identical: right and wrong on the same photos in every seed (the same model)"
-    return f"no difference shown (detectable: {100 * d.detectable:.1f} points)"
+    return (
+        f"no difference shown (detectable at the family's level: {100 * d.detectable:.1f} points)"
+    )
+
+
+def seed_list(seeds) -> str:
+    """``seed 0`` / ``seeds 0, 1, 2``."""
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+def equivalence_call(e) -> str:
+    """What an equivalence test says (Holm-adjusted), with its caveat on few seeds."""
+    if not e.equivalent:
+        return "equivalence not shown"
+    if e.seeds < MIN_SEEDS_FOR_INTERVAL:
+        return (
+            f"equivalent on {e.seeds} seed{'s' if e.seeds != 1 else ''}: photo sampling only, "
+            "so it certifies these models, not yet the heads"
+        )
+    return "equivalent"
 
 
 def family_table(analysis: Analysis) -> str:
@@ -68,12 +88,12 @@ def family_table(analysis: Analysis) -> str:
 
 
 def equivalence_table(analysis: Analysis) -> str:
-    header = ["A - B (test accuracy)", "difference, points [90% interval]", "margin", "TOST p",
-              "verdict"]  # fmt: skip
+    header = ["A - B (test accuracy)", "seeds", "difference, points [90% interval]", "margin",
+              "TOST p", "Holm p", "verdict"]  # fmt: skip
     rows = [
-        [f"{e.arm_a} - {e.arm_b}", f"{points(e.difference)} [{points(e.low)}, {points(e.high)}]",
-         f"±{100 * e.margin:.1f}", f"{e.p_value:.3g}",
-         "equivalent" if e.equivalent else "equivalence not shown"]
+        [f"{e.arm_a} - {e.arm_b}", str(e.seeds),
+         f"{points(e.difference)} [{points(e.low)}, {points(e.high)}]",
+         f"±{100 * e.margin:.1f}", f"{e.p_value:.3g}", f"{e.p_holm:.3g}", equivalence_call(e)]
         for e in analysis.equivalences
     ]  # fmt: skip
     return _table(header, rows)
@@ -111,13 +131,22 @@ def convergence_table(analysis: Analysis) -> str:
     def listed(values, shown=str) -> str:
         return ", ".join("-" if v is None else shown(v) for v in values)
 
-    rows = [
-        [c.arm, listed(c.epochs_run) + (f" of {c.declared}" if c.declared else ""),
+    rows = convergence(analysis.evidence)
+    table = _table(header, [
+        [c.arm + ("" if c.precise else " \\*"),
+         listed(c.epochs_run) + (f" of {c.declared}" if c.declared else ""),
          listed(c.best_epoch), listed(reached.get(c.arm, [])),
          listed(c.late_gain, lambda v: "n/a" if math.isnan(v) else f"{100 * v:+.1f}")]
-        for c in convergence(analysis.evidence)
-    ]  # fmt: skip
-    return _table(header, rows)
+        for c in rows
+    ])  # fmt: skip
+    if table and not all(c.precise for c in rows):
+        table += (
+            "\n\\* Per-epoch validation accuracy from Keras' moving BatchNorm statistics "
+            "(this recipe has no precise-BatchNorm pass): after few epochs they lag the "
+            "weights, so these curves can sit points below the finished model's scored "
+            "validation accuracy, and their epochs and gains are rough.\n"
+        )
+    return table
 
 
 def claims_table(analysis: Analysis) -> str:
@@ -125,16 +154,10 @@ def claims_table(analysis: Analysis) -> str:
     return _table(["claim", "verdict", "what we measured"], rows)
 
 
-def chosen_arm(analysis: Analysis):
-    """The arm with the highest mean validation accuracy (ties: fewer parameters): chosen
-    as a user would choose, without the test split, whose figure then reports it."""
-    return max(analysis.arms, key=lambda s: (s.validation[0], -s.trainable_params))
-
-
 def verdict_line(analysis: Analysis) -> str:
     """One sentence: the arm chosen on validation, its test accuracy, and how it stands
     against each other arm in the family."""
-    best = chosen_arm(analysis)
+    best = chosen_arm(analysis).summary
     parts = []
     for d in analysis.family:
         if best.arm not in (d.arm_a, d.arm_b):

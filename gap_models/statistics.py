@@ -102,12 +102,17 @@ class Difference:
     # Right and wrong on exactly the same photos in every seed: the same model trained twice
     # (a check of determinism), not a difference too small to detect.
     identical: bool = False
+    family_size: int = 1  # the comparisons its Holm family declares (tested or not yet)
+    seed_ids: tuple[int, ...] = ()  # the seeds both arms have, which it is computed on
 
     @property
     def detectable(self) -> float:
         """The smallest true difference this comparison had an 80% chance to call
-        significant at 5% (two-sided): (z_0.975 + z_0.8) standard errors."""
-        return (stats.norm.ppf(0.975) + stats.norm.ppf(POWER)) * self.standard_error
+        significant (two-sided) at the strictest level Holm can hold a member of its family
+        to, 5% / m (Bonferroni's; conservative for all but the comparison tested first):
+        (z_(1 - 0.025 / m) + z_0.8) standard errors."""
+        level = 0.05 / self.family_size
+        return (stats.norm.ppf(1 - level / 2) + stats.norm.ppf(POWER)) * self.standard_error
 
     @property
     def significant(self) -> bool:
@@ -131,50 +136,71 @@ def difference(
     )  # fmt: skip
 
 
-def holm_adjusted(p_values: list[float]) -> list[float]:
+def holm_adjusted(p_values: list[float], family_size: int | None = None) -> list[float]:
     """Holm's step-down adjusted p-values, in the order given: the i-th smallest of m is
     multiplied by m - i + 1, made monotone, capped at 1. (statsmodels' ``multipletests(p,
     method="holm")`` gives the same numbers, and a test holds them equal, but forces a full
-    garbage collection on every call: about 2 s in a process that holds TensorFlow.)"""
-    p = np.asarray(p_values, dtype=float)
+    garbage collection on every call: about 2 s in a process that holds TensorFlow.)
+
+    ``family_size`` (m) counts the comparisons the family declares: those not tested yet
+    (an arm not recorded) enter as p = 1, so a provisional family is adjusted as strictly
+    as the finished one will be, never less."""
+    m = max(len(p_values), family_size or 0)
+    p = np.asarray(list(p_values) + [1.0] * (m - len(p_values)), dtype=float)
     order = np.argsort(p, kind="stable")
-    scaled = p[order] * np.arange(len(p), 0, -1)
+    scaled = p[order] * np.arange(m, 0, -1)
     adjusted = np.empty_like(p)
     adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    return adjusted.tolist()
+    return adjusted[: len(p_values)].tolist()
 
 
-def holm(differences: list[Difference]) -> list[Difference]:
-    """The family's differences with ``p_holm`` set (Holm's adjustment)."""
+def holm(differences: list[Difference], family_size: int | None = None) -> list[Difference]:
+    """The family's differences with ``p_holm`` set (Holm's adjustment over ``family_size``
+    declared comparisons, default: those given)."""
     from dataclasses import replace
 
-    adjusted = holm_adjusted([d.p_value for d in differences])
-    return [replace(d, p_holm=p) for d, p in zip(differences, adjusted, strict=True)]
+    m = max(len(differences), family_size or 0)
+    adjusted = holm_adjusted([d.p_value for d in differences], m)
+    return [replace(d, p_holm=p, family_size=m) for d, p in zip(differences, adjusted, strict=True)]
 
 
 @dataclass(frozen=True)
 class Equivalence:
-    """Two one-sided tests that |A - B| < margin: equivalent when the (1 - 2 alpha)
-    interval lies inside (-margin, +margin), i.e. both one-sided p-values are below alpha."""
+    """Two one-sided tests that |A - B| < margin: the (1 - 2 alpha) interval lies inside
+    (-margin, +margin), i.e. both one-sided p-values are below alpha. A study's equivalence
+    claims are a family of their own: "equivalent" needs the Holm-adjusted p below 5%."""
 
     arm_a: str
     arm_b: str
     margin: float
     difference: float
-    low: float  # the 90% interval (alpha = 0.05 on each side)
+    low: float  # the 90% interval (alpha = 0.05 on each side, before adjustment)
     high: float
     p_value: float  # the larger of the two one-sided p-values
+    seeds: int = 0  # the seeds both arms have
+    p_holm: float = math.nan  # Holm-adjusted over the study's declared equivalence claims
 
     @property
     def equivalent(self) -> bool:
-        return self.p_value < 0.05
+        return not math.isnan(self.p_holm) and self.p_holm < 0.05
+
+
+def holm_equivalences(
+    equivalences: list[Equivalence], family_size: int | None = None
+) -> list[Equivalence]:
+    """The equivalence claims with ``p_holm`` set, one Holm family."""
+    from dataclasses import replace
+
+    adjusted = holm_adjusted([e.p_value for e in equivalences], family_size)
+    return [replace(e, p_holm=p) for e, p in zip(equivalences, adjusted, strict=True)]
 
 
 def equivalence(
     arm_a: str, arm_b: str, replicates: dict[str, np.ndarray], correct: dict[str, np.ndarray],
     margin: float,
 ) -> Equivalence:  # fmt: skip
-    """TOST on the paired bootstrap replicates of A - B."""
+    """TOST on the paired bootstrap replicates of A - B (a family of one: ``p_holm`` is its
+    p until ``holm_equivalences`` adjusts it among others)."""
     point = difference(arm_a, arm_b, replicates, correct, level=0.90)
     deltas = replicates[arm_a] - replicates[arm_b]
     count = len(deltas) + 1
@@ -182,7 +208,7 @@ def equivalence(
     p_upper = (np.sum(deltas >= margin) + 1) / count  # H0: A - B >= +margin
     return Equivalence(
         arm_a, arm_b, margin, point.difference, point.low, point.high,
-        float(max(p_lower, p_upper)),
+        float(max(p_lower, p_upper)), point.seeds, float(max(p_lower, p_upper)),
     )  # fmt: skip
 
 

@@ -14,13 +14,13 @@ from matplotlib.figure import Figure
 
 from gap_models.architecture import HEADS
 from gap_models.config import RunConfig
-from gap_models.findings import call, chosen_arm, interval
+from gap_models.findings import call, equivalence_call, interval, seed_list
 from gap_models.plots import _finish
 from gap_models.provenance import code_version
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
 from gap_models.studies import study_names
 from gap_models.study_report import StudyEvidence, analyse_study
-from gap_models.verdicts import chosen_model, points, target_call
+from gap_models.verdicts import chosen_arm, chosen_model, points, target_call
 
 NAME = "verdict"
 FIGURE = "capacity_across_studies.png"
@@ -64,22 +64,29 @@ def _findings(studied: StudyEvidence) -> list[str]:
     analysis = studied.analysis
     if analysis is None:
         return ["nothing trained yet."]
-    best = chosen_arm(analysis)
+    chosen = chosen_arm(analysis, studied.study.arms())
+    best = chosen.summary
     few = (
         " (fewer than 3 seeds: photo sampling only)" if best.seeds < MIN_SEEDS_FOR_INTERVAL else ""
     )
+    ranked = "" if chosen.every_seed else f" on {seed_list(chosen.seeds)}, which every arm has"
     lines = [
         f"chosen on validation: **{best.arm}** (mean validation accuracy "
-        f"{100 * best.validation[0]:.2f} %), test accuracy {interval(best.test)} %, "
-        f"{_seeds(best.seeds)}{few}."
+        f"{100 * chosen.validation:.2f} %{ranked}), test accuracy {interval(best.test)} %, "
+        f"{_seeds(best.seeds)}{few}{_against_runner_up(analysis, best.arm, chosen.runner_up)}."
     ]
     model = chosen_model(analysis.evidence, studied.study.arms())
     if model is not None:
+        other = (
+            " (the best single cell: it need not belong to the arm with the best mean)"
+            if model.arm != best.arm
+            else ""
+        )
         lines.append(
             f"the one model to use, chosen on validation: {model.arm} seed {model.seed} "
-            f"(validation {100 * model.validation:.2f} %), test accuracy {interval(model.test)} % "
-            f"({model.test_photos} photos, exact binomial); on photos no run saw: "
-            f"`compare-heads study best {studied.study.name} --score SOURCE`."
+            f"(validation {100 * model.validation:.2f} %){other}, test accuracy "
+            f"{interval(model.test)} % ({model.test_photos} photos, exact binomial); on photos "
+            f"no run saw: `compare-heads study best {studied.study.name} --score SOURCE`."
         )
         target = studied.study.analysis.target_test_accuracy
         if target is not None:
@@ -90,19 +97,29 @@ def _findings(studied: StudyEvidence) -> list[str]:
             said += "; photo sampling only, too few seeds to see seed-to-seed variation"
         lines.append(
             f"{d.arm_a} - {d.arm_b}: {points(d.difference)} [{points(d.low)}, {points(d.high)}] "
-            f"points ({_seeds(d.seeds)} x {d.photos} photos), Holm p {d.p_holm:.3g}: {said}."
+            f"points ({seed_list(d.seed_ids)} x {d.photos} photos), Holm p {d.p_holm:.3g}: "
+            f"{said}."
         )
     for e in analysis.equivalences:
-        shown = "equivalent" if e.equivalent else "equivalence not shown"
         lines.append(
             f"{e.arm_a} ~ {e.arm_b} within ±{100 * e.margin:.1f} points: {points(e.difference)} "
-            f"[{points(e.low)}, {points(e.high)}] (90%), TOST p {e.p_value:.3g}: {shown}."
+            f"[{points(e.low)}, {points(e.high)}] (90%), TOST p {e.p_value:.3g}, Holm p "
+            f"{e.p_holm:.3g}: {equivalence_call(e)}."
         )
     untested = [f"{a} - {b}" for a, b in analysis.plan.family
                 if a not in analysis.evidence.arms or b not in analysis.evidence.arms]  # fmt: skip
     if untested:
         lines.append(f"not tested yet (an arm has no record): {', '.join(untested)}.")
     return lines
+
+
+def _against_runner_up(analysis, best: str, runner_up: str | None) -> str:
+    """ "; on test not distinguishable from X" when the family's test of the chosen arm
+    against the next on validation is not significant ("" otherwise, or untested)."""
+    for d in analysis.family:
+        if {d.arm_a, d.arm_b} == {best, runner_up} and not d.significant:
+            return f"; on test not distinguishable from the runner-up, {runner_up} (below)"
+    return ""
 
 
 def _point_label(studied: StudyEvidence, arm: str) -> str:

@@ -8,12 +8,13 @@ have detected).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
 
 from gap_models import records, statistics
+from gap_models.config import RunConfig
 from gap_models.evidence import Evidence
 from gap_models.records import TRAIN_SUBSET_SPLIT
 
@@ -71,7 +72,8 @@ def _paired(evidence: Evidence, a: str, b: str, split: str):
 def _diff(evidence: Evidence, a: str, b: str, split: str, draws: int) -> statistics.Difference:
     correct = _paired(evidence, a, b, split)
     replicates = statistics.bootstrap_means(correct, draws)
-    return statistics.difference(a, b, replicates, correct)
+    found = statistics.difference(a, b, replicates, correct)
+    return replace(found, seed_ids=tuple(evidence.common_seeds(a, b)))
 
 
 def _two_level(matrix: np.ndarray, draws: int) -> np.ndarray:
@@ -139,24 +141,53 @@ def summarize_arm(evidence: Evidence, name: str, plan: Plan) -> ArmSummary:
     )  # fmt: skip
 
 
+def _measured_difference(
+    a: str, b: str, seeds: list[int], point: float, deltas: np.ndarray, photos: int
+) -> statistics.Difference:
+    low, high = statistics.percentile_interval(deltas)
+    return statistics.Difference(
+        a, b, len(seeds), photos, point, low, high, statistics.bootstrap_p_value(deltas),
+        float(np.std(deltas, ddof=1)), seed_ids=tuple(seeds),
+    )  # fmt: skip
+
+
 def _paired_measure(evidence: Evidence, a: str, b: str, measure, draws: int):
     """A - B of a per-(seed, photo) measure, paired by seed and photo (Holm-free)."""
     seeds = evidence.common_seeds(a, b)
     ma, mb = (np.stack([measure(evidence.arms[x], s) for s in seeds]) for x in (a, b))
     deltas = _two_level(ma - mb, draws)
-    low, high = statistics.percentile_interval(deltas)
-    point = float((ma - mb).mean())
-    return statistics.Difference(
-        a, b, len(seeds), ma.shape[1], point, low, high,
-        statistics.bootstrap_p_value(deltas), float(np.std(deltas, ddof=1)),
-    )  # fmt: skip
+    return _measured_difference(a, b, seeds, float((ma - mb).mean()), deltas, ma.shape[1])
+
+
+def _overfit_difference(evidence: Evidence, a: str, b: str, draws: int):
+    """A - B of (train-subset - validation accuracy): each split's photos paired across the
+    arms and resampled on their own, seeds paired; over the seeds both arms have, it is
+    exactly the difference of the arms' own figures (``_overfit``) on those seeds."""
+    seeds = evidence.common_seeds(a, b)
+
+    def rows(split: str) -> np.ndarray:
+        arm_a, arm_b = evidence.arms[a], evidence.arms[b]
+        return np.stack([
+            arm_a.correct[split][arm_a.seeds.index(s)].astype(float)
+            - arm_b.correct[split][arm_b.seeds.index(s)].astype(float)
+            for s in seeds
+        ])  # fmt: skip
+
+    train, val = rows(TRAIN_SUBSET_SPLIT), rows(VALIDATION)
+    deltas = _two_level(train, draws) - _two_level(val, draws)
+    point = float(train.mean() - val.mean())
+    return _measured_difference(a, b, seeds, point, deltas, val.shape[1])
 
 
 def analyse(evidence: Evidence, plan: Plan) -> Analysis:
     """Everything the report prints, from the evidence and the plan."""
     names = list(evidence.arms)
     present = [(a, b) for a, b in plan.family if a in names and b in names]
-    family = statistics.holm([_diff(evidence, a, b, TEST, plan.draws) for a, b in present])
+    # Each family is adjusted over every comparison it declares, recorded or not yet.
+    declared = len(plan.family)
+    family = statistics.holm(
+        [_diff(evidence, a, b, TEST, plan.draws) for a, b in present], declared
+    )
     equivalences = []
     for a, b in plan.equivalence:
         if a in names and b in names:
@@ -164,33 +195,37 @@ def analyse(evidence: Evidence, plan: Plan) -> Analysis:
             replicates = statistics.bootstrap_means(correct, plan.draws)
             equivalences.append(statistics.equivalence(a, b, replicates, correct, plan.margin))
 
-    def overfit(arm, seed):
-        i = arm.seeds.index(seed)
-        train = arm.correct[TRAIN_SUBSET_SPLIT][i].astype(float)
-        val = arm.correct[VALIDATION][i].astype(float)
-        size = min(len(train), len(val))  # paired row-wise for the bootstrap's shapes
-        return train[:size] - val[:size]
-
     def shift_drop(arm, seed):
         i = arm.seeds.index(seed)
         largest = max(arm.shifts)
         return arm.shifts[0][i] - arm.shifts[largest][i]
 
-    overfit_differences = [_paired_measure(evidence, a, b, overfit, plan.draws) for a, b in present]
+    overfit_differences = [_overfit_difference(evidence, a, b, plan.draws) for a, b in present]
     shift_differences = [
         _paired_measure(evidence, a, b, shift_drop, plan.draws)
         for a, b in present
         if evidence.arms[a].shifts and evidence.arms[b].shifts
     ]
     return Analysis(
-        evidence, plan, [summarize_arm(evidence, n, plan) for n in names], family, equivalences,
-        statistics.holm(overfit_differences), statistics.holm(shift_differences),
+        evidence, plan, [summarize_arm(evidence, n, plan) for n in names], family,
+        statistics.holm_equivalences(equivalences, len(plan.equivalence)),
+        statistics.holm(overfit_differences, declared),
+        statistics.holm(shift_differences, declared),
     )  # fmt: skip
 
 
 LATE_SHARE = 0.25
 """How far back the convergence table looks: the last quarter of a fit's epochs (at least
-two). A fit whose best validation accuracy still rose there stopped while it was learning."""
+two). Under a decaying learning rate a late best epoch is expected and a small late gain
+is the schedule finishing its work; a gain of several points means the fit stopped while
+still learning. Either way, a gain within the validation split's sampling error (about
+0.7 points at 90 % on 1,905 photos) is not evidence of either."""
+
+UNCALIBRATED_RECIPES = frozenset({"faithful"})
+"""Recipes whose per-epoch validation accuracy comes from Keras' moving BatchNorm
+statistics, not the precise-BatchNorm pass (``gap_models.recipes.recipe_callbacks``): after
+few epochs those statistics lag the weights, so the curve can sit points below the
+accuracy the finished model scores."""
 
 
 @dataclass(frozen=True)
@@ -198,19 +233,27 @@ class Convergence:
     """Whether an arm's fits had stopped learning, seed by seed: epochs run (of those
     declared; fewer: early stopping ended it), the epoch of the best validation accuracy,
     and how much the best validation accuracy of the last quarter of the epochs beat the
-    best before it (points; about zero once a fit has converged)."""
+    best before it (points; see ``LATE_SHARE`` for how to read it). ``precise``: the
+    per-epoch validation accuracy was measured with recalibrated BatchNorm statistics."""
 
     arm: str
     declared: int | None
     epochs_run: list[int]
     best_epoch: list[int]
     late_gain: list[float]
+    precise: bool = True
 
 
 def late_gain(curve: list[float]) -> float:
     """Best of the last quarter of ``curve`` (at least two values) minus the best before."""
     late = max(2, round(LATE_SHARE * len(curve)))
     return max(curve[-late:]) - max(curve[:-late]) if len(curve) > late else math.nan
+
+
+def precise_validation(settings: dict) -> bool:
+    """Whether a cell with these settings validated each epoch with precise BatchNorm."""
+    recipe = settings.get("recipe", RunConfig.model_fields["recipe"].default)
+    return recipe not in UNCALIBRATED_RECIPES
 
 
 def convergence(evidence: Evidence) -> list[Convergence]:
@@ -224,7 +267,16 @@ def convergence(evidence: Evidence) -> list[Convergence]:
         epochs = int(declared) if declared is not None else None
         best = [int(np.argmax(c)) + 1 for c in curves]
         late = [late_gain(c) for c in curves]
-        rows.append(Convergence(name, epochs, [len(c) for c in curves], best, late))
+        rows.append(
+            Convergence(
+                name,
+                epochs,
+                [len(c) for c in curves],
+                best,
+                late,
+                precise_validation(arm.settings),
+            )  # fmt: skip
+        )
     return rows
 
 
@@ -253,6 +305,39 @@ class ChosenModel:
         """Test accuracy and its exact 95% interval."""
         low, high = statistics.exact_interval(self.test_correct, self.test_photos)
         return self.test_correct / self.test_photos, low, high
+
+
+@dataclass(frozen=True)
+class ChosenArm:
+    """The arm a user would pick without the test split: the highest mean validation
+    accuracy over the seeds every candidate arm has (an arm with more seeds would otherwise
+    be ranked on a different, less noisy mean), ties to fewer parameters. ``runner_up`` is
+    the next arm by the same rule (None when alone)."""
+
+    summary: ArmSummary
+    validation: float  # its mean validation accuracy over ``seeds``
+    seeds: tuple[int, ...]  # the seeds the arms were ranked on
+    every_seed: bool  # True when every candidate arm has exactly these seeds
+    runner_up: str | None
+
+
+def chosen_arm(analysis: Analysis, arms: list[str] | None = None) -> ChosenArm:
+    """The arm of ``arms`` (default: every arm analysed) chosen on validation."""
+    summaries = [s for s in analysis.arms if arms is None or s.arm in arms] or analysis.arms
+    evidence = analysis.evidence
+    common = evidence.common_seeds(*(s.arm for s in summaries))
+
+    def validation(summary: ArmSummary) -> float:
+        if not common:  # no seed in common: each arm's own mean
+            return summary.validation[0]
+        return float(evidence.arms[summary.arm].matrix(VALIDATION, common).mean())
+
+    ranked = sorted(summaries, key=lambda s: (-validation(s), s.trainable_params))
+    every = bool(common) and all(len(evidence.arms[s.arm].seeds) == len(common) for s in summaries)
+    return ChosenArm(
+        ranked[0], validation(ranked[0]), tuple(common), every or not common,
+        ranked[1].arm if len(ranked) > 1 else None,
+    )  # fmt: skip
 
 
 def target_call(model: ChosenModel, target: float) -> str:

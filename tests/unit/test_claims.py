@@ -115,3 +115,73 @@ def test_winner_and_its_seed_are_chosen_on_validation_not_test():
     assert {row["head"]: row["final_val_accuracy"] for row in rows} == pytest.approx(
         {"gap": 0.83, "fc": 0.71}
     )
+
+
+def _arm(name: str, correct_by_seed: dict[int, dict[str, float]], sizes: dict[str, int],
+         settings: dict | None = None) -> Arm:  # fmt: skip
+    """An arm right on the first ``share x photos`` photos of each split, per seed."""
+    arm = Arm(name, name, settings=settings or {})
+    labels = {split: np.ones(size, int) for split, size in sizes.items()}
+    for seed, shares in correct_by_seed.items():
+        predictions = {
+            split: np.where(np.arange(size) < round(shares[split] * size), 0.9, 0.1)
+            for split, size in sizes.items()
+        }
+        arm.add(seed, make_run(name, seed), predictions, labels, {})
+    return arm
+
+
+def test_the_overfitting_difference_is_the_difference_of_the_arms_own_figures():
+    # Train subset and validation differ in size: the pair's difference must still be exactly
+    # (train - validation of A) - (train - validation of B), as the arms' table prints them.
+    sizes = {"train_subset": 2000, "validation": 1500, "test": 1500}
+    shares = {"fc": {"train_subset": 0.99, "validation": 0.80, "test": 0.8},
+              "gap": {"train_subset": 0.85, "validation": 0.82, "test": 0.8}}  # fmt: skip
+    arms = {name: _arm(name, {0: s, 1: s, 2: s}, sizes) for name, s in shares.items()}
+    analysis = analyse(Evidence("sizes", arms, ("cat", "dog")), Plan(family=[("gap", "fc")]))
+    own = {s.arm: s.overfit_accuracy[0] for s in analysis.arms}
+    (d,) = analysis.overfit_differences
+    assert own == pytest.approx({"fc": 0.19, "gap": 0.03})
+    assert d.difference == pytest.approx(own["gap"] - own["fc"])
+    assert d.low < d.difference < d.high or d.low == d.high == d.difference
+
+
+def test_arms_are_chosen_on_the_seeds_every_arm_has():
+    """a's extra seed is a lucky one; on the seed both have, b validates better: b is chosen
+    (ranking a's two-seed mean against b's one seed would choose a)."""
+    from gap_models.findings import seed_list
+    from gap_models.verdicts import chosen_arm
+
+    sizes = {"validation": 1000, "test": 1000, "train_subset": 1000}
+    a = _arm(
+        "a",
+        {
+            0: {"validation": 0.80, "test": 0.8, "train_subset": 0.9},
+            1: {"validation": 0.95, "test": 0.8, "train_subset": 0.9},
+        },
+        sizes,
+    )
+    b = _arm("b", {0: {"validation": 0.85, "test": 0.8, "train_subset": 0.9}}, sizes)  # fmt: skip
+    analysis = analyse(Evidence("seeds", {"a": a, "b": b}, ("cat", "dog")),
+                       replace(Plan(family=[("a", "b")]), draws=200))  # fmt: skip
+    assert max(analysis.arms, key=lambda s: s.validation[0]).arm == "a"  # all-seed means
+    chosen = chosen_arm(analysis)
+    assert (chosen.summary.arm, chosen.runner_up, chosen.seeds) == ("b", "a", (0,))
+    assert chosen.validation == pytest.approx(0.85) and not chosen.every_seed
+    assert seed_list(chosen.seeds) == "seed 0" and seed_list((0, 1)) == "seeds 0, 1"
+
+
+def test_convergence_marks_curves_validated_without_precise_batch_norm():
+    from gap_models.findings import convergence_table
+
+    sizes = {"validation": 100, "test": 100, "train_subset": 100}
+    shares = {0: {"validation": 0.8, "test": 0.8, "train_subset": 0.9}}
+    arms = {"fc": _arm("fc", shares, sizes, {"recipe": "faithful"}),
+            "gap": _arm("gap", shares, sizes, {"recipe": "converge"})}  # fmt: skip
+    analysis = analyse(Evidence("bn", arms, ("cat", "dog")),
+                       replace(Plan(family=[("gap", "fc")]), draws=200))  # fmt: skip
+    table = convergence_table(analysis)
+    assert "| fc \\* |" in table and "| gap |" in table
+    assert "moving BatchNorm statistics" in table
+    speed = {c.claim: c for c in claims(analysis)}["GAP trains faster"].evidence
+    assert "moving BatchNorm" not in speed  # gap itself was validated precisely

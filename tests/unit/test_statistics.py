@@ -80,6 +80,34 @@ def test_holm_is_statsmodels_and_the_detectable_size_follows_the_standard_error(
         assert statistics.holm_adjusted(p) == pytest.approx(reference.tolist(), abs=1e-12)
     assert statistics.holm([]) == []
     assert base.detectable == pytest.approx(2.8016 * 0.005, rel=1e-3)
+    # In a family of two, the detectable size is at the strictest level, 2.5% (two-sided).
+    assert family[0].family_size == 2
+    assert family[0].detectable == pytest.approx((2.2414 + 0.8416) * 0.005, rel=1e-3)
+
+
+def test_a_provisional_family_is_adjusted_over_every_comparison_it_declares():
+    # Two of four declared comparisons tested: the untested ones count as p = 1, which is
+    # what statsmodels gives for the full family with those two at 1.
+    p = [0.01, 0.03]
+    reference = multipletests(p + [1.0, 1.0], method="holm")[1][:2]
+    assert statistics.holm_adjusted(p, 4) == pytest.approx(reference.tolist())
+    assert statistics.holm_adjusted(p, 4) == pytest.approx([0.04, 0.09])
+    assert statistics.holm_adjusted(p) == pytest.approx([0.02, 0.03])  # two declared
+    tested = [statistics.Difference("a", "b", 5, 100, 0.01, 0, 0.02, q, 0.005) for q in p]
+    assert [d.p_holm for d in statistics.holm(tested, 4)] == pytest.approx([0.04, 0.09])
+
+
+def test_equivalence_claims_are_one_holm_family():
+    claims = [
+        statistics.Equivalence("a", "b", 0.01, 0.0, -0.005, 0.005, 0.03, seeds=5, p_holm=0.03),
+        statistics.Equivalence("c", "d", 0.01, 0.0, -0.005, 0.005, 0.01, seeds=5, p_holm=0.01),
+    ]
+    assert all(e.equivalent for e in claims)  # each alone
+    adjusted = statistics.holm_equivalences(claims)
+    assert [e.p_holm for e in adjusted] == pytest.approx([0.03, 0.02])
+    assert [e.equivalent for e in adjusted] == [True, True]
+    adjusted = statistics.holm_equivalences(claims[:1], family_size=2)  # one not yet tested
+    assert adjusted[0].p_holm == pytest.approx(0.06) and not adjusted[0].equivalent
 
 
 def test_the_median_interval_is_distribution_free():
