@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gap_models import identity, records
@@ -164,3 +165,16 @@ def test_the_code_version_ignores_docstrings_and_follows_code(tmp_path):
     assert source_digest(package) == first
     module.write_text('"""Doc."""\n\ndef f():\n    return 2\n')
     assert source_digest(package) != first
+
+
+def test_stored_probabilities_keep_every_photo_on_its_side_of_one_half():
+    from gap_models.study_records import decode_array, encode_array, probabilities_float16
+
+    rng = np.random.default_rng(0)
+    near = 0.5 + rng.uniform(-2e-4, 2e-4, 10_000).astype(np.float32)
+    values = np.concatenate([near, rng.random(10_000, dtype=np.float32), [0.0, 0.5, 1.0]])
+    assert np.any((values < 0.5) & (values.astype(np.float16) >= 0.5))  # plain rounding moves some
+    stored = decode_array(encode_array(probabilities_float16(values), "float16"))
+    assert stored.dtype == np.float16
+    assert np.array_equal(stored >= 0.5, values >= 0.5)
+    assert np.max(np.abs(stored.astype(np.float32) - values)) < 5e-4  # still float16 precision
