@@ -155,9 +155,10 @@ def claims_table(analysis: Analysis) -> str:
 
 
 def verdict_line(analysis: Analysis) -> str:
-    """One sentence: the arm chosen on validation, its test accuracy, and how it stands
-    against each other arm in the family."""
-    best = chosen_arm(analysis).summary
+    """One sentence: the arm chosen on validation (ranked on the seeds every arm has), its
+    test accuracy, and how it stands against each other arm in the family."""
+    chosen = chosen_arm(analysis)
+    best = chosen.summary
     parts = []
     for d in analysis.family:
         if best.arm not in (d.arm_a, d.arm_b):
@@ -167,9 +168,10 @@ def verdict_line(analysis: Analysis) -> str:
         call = verdict(d, sign > 0)
         parts.append(f"{other} by {points(sign * d.difference)} points ({call})")
     against = "; ".join(parts) if parts else "no pairwise test in this plan"
+    ranked = "" if chosen.every_seed else f" on {seed_list(chosen.seeds)}, which every arm has"
     return (
         f"Chosen on validation: **{best.arm}** (mean validation accuracy "
-        f"{_pct(best.validation[0])} %), test accuracy {interval(best.test)} %. "
+        f"{_pct(chosen.validation)} %{ranked}), test accuracy {interval(best.test)} %. "
         f"Against the others (Holm-adjusted): {against}."
     )
 
