@@ -247,18 +247,31 @@ app.add_typer(study_app, name="study")
 
 
 @study_app.command("status")
-def study_status(name: Annotated[str, typer.Argument(help="studies/NAME.toml")]) -> None:
-    """Done, missing and stale cells, and the time the rest takes on this CPU. Exit status 3
-    when any cell is missing or stale."""
-    from flows.study import status_lines
+def study_status(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="studies/NAME.toml, one or more (none: every study, one line each)"),
+    ] = None,
+) -> None:
+    """Done, missing and stale cells, and the time the rest takes on this CPU: cell by cell
+    for the studies named, one line per study without a name. Exit status 3 when any cell
+    is missing or stale."""
+    from flows.study import overview_lines, status_lines
     from tracking.runs import repo_root
 
     try:
-        lines, states = status_lines(repo_root(), name)
+        if names:
+            states = []
+            for number, name in enumerate(names):
+                lines, found = status_lines(repo_root(), name)
+                typer.echo(("\n" if number else "") + "\n".join(lines))
+                states += found
+        else:
+            lines, states = overview_lines(repo_root())
+            typer.echo("\n".join(lines))
     except (FileNotFoundError, ValueError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
-    typer.echo("\n".join(lines))
     if any(state.state != "done" for state in states):
         raise typer.Exit(3)
 

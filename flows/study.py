@@ -51,11 +51,21 @@ from tracking.runs import repo_root
 Say = Callable[[str], None]
 
 
-def status_lines(root: Path, name: str) -> tuple[list[str], list[CellState]]:
-    """``compare-heads study status``: one line per cell and a summary with the time left."""
+def _rate_basis(rate: float | None) -> str:
+    """How the time left was sized, and on which CPU."""
+    basis = (
+        f"this CPU's measured rate: {1 / rate / 1e9:.1f} GFLOP/s of forward passes over "
+        "training images, whole cells included"
+        if rate
+        else f"no cell trained on this CPU yet: assumed {PRIOR_IMAGES_PER_SECOND:.0f} images/s"
+    )
+    return f"{basis}; {detect().cpu_model}, {detect().reported_flags()}"
+
+
+def _status(root: Path, name: str) -> tuple[list[str], list[CellState], dict[str, int], float]:
+    """A study's cell lines, its cells' states, their counts and the seconds left here."""
     study = load_study(root, name)
     states = cell_states(root, study)
-    rate = seconds_per_flop(root)
     lines = [f"study {name}: {study.description}"]
     remaining = 0.0
     for state in states:
@@ -71,18 +81,43 @@ def status_lines(root: Path, name: str) -> tuple[list[str], list[CellState]]:
                 extra += f" (resumes after epoch {state.epochs_done} of {state.epochs})"
         lines.append(f"  {state.state:8} {state.cell.arm} seed {state.cell.seed}{extra}")
     counts = {s: sum(1 for x in states if x.state == s) for s in ("done", "missing", "stale")}
-    basis = (
-        f"this CPU's measured rate: {1 / rate / 1e9:.1f} GFLOP/s of forward passes over "
-        "training images, whole cells included"
-        if rate
-        else f"no cell trained on this CPU yet: assumed {PRIOR_IMAGES_PER_SECOND:.0f} images/s"
-    )
+    return lines, states, counts, remaining
+
+
+def _counted(counts: dict[str, int]) -> str:
+    return f"{counts['done']} done, {counts['missing']} missing, {counts['stale']} stale"
+
+
+def status_lines(root: Path, name: str) -> tuple[list[str], list[CellState]]:
+    """``compare-heads study status NAME``: one line per cell and a summary with the time
+    left."""
+    lines, states, counts, remaining = _status(root, name)
     lines.append(
-        f"{counts['done']} done, {counts['missing']} missing, {counts['stale']} stale; "
-        f"about {remaining / 60:.0f} min left on this CPU ({basis}; {detect().cpu_model}, "
-        f"{detect().reported_flags()})"
+        f"{_counted(counts)}; about {remaining / 60:.0f} min left on this CPU "
+        f"({_rate_basis(seconds_per_flop(root))})"
     )
     return lines, states
+
+
+def overview_lines(root: Path) -> tuple[list[str], list[CellState]]:
+    """``compare-heads study status``: every study on one line (its cells' counts and the
+    time its missing and stale cells take here), then the total: what is left before every
+    figure in the docs is final."""
+    lines, every_state, total = [], [], 0.0
+    names = study_names(root)
+    width = max((len(name) for name in names), default=0)
+    for name in names:
+        _, states, counts, remaining = _status(root, name)
+        every_state += states
+        total += remaining
+        left = f"; about {remaining / 60:.0f} min left" if remaining else ""
+        lines.append(f"{name:{width}}  {_counted(counts)}{left}")
+    counts = {s: sum(1 for x in every_state if x.state == s) for s in ("done", "missing", "stale")}
+    lines.append(
+        f"{len(names)} studies: {_counted(counts)}; about {total / 3600:.1f} h left on this "
+        f"CPU ({_rate_basis(seconds_per_flop(root))})"
+    )
+    return lines, every_state
 
 
 def _write_data_file(root: Path, study: Study, data: str, cache_dir: str) -> None:

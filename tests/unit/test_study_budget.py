@@ -127,3 +127,30 @@ def test_several_studies_share_one_budget_from_the_cli(tiny_root, monkeypatch):
     assert lines[0].startswith("passing over long: fc seed 0 for now: it needs about 40 min")
     assert "paused long: fc seed 0 after epoch 7 of 40" in result.output
     assert lines[-2:] == ["long: 1 cell left", "tiny: 4 cells left"]
+
+
+def test_study_status_without_a_name_gives_every_study_on_one_line(tiny_root, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    one = STUDY.replace('heads = ["gap", "fc"]', 'heads = ["fc"]').replace("[0, 1]", "[0]")
+    (tiny_root / "studies" / "one.toml").write_text(one.replace('[["gap", "fc"]]', "[]"))
+    minutes = {"gap": 10, "fc": 40}
+    monkeypatch.setattr("tracking.runs.repo_root", lambda: tiny_root)
+    monkeypatch.setattr(
+        flows.study, "_needed_seconds", lambda root, study, state: minutes[state.cell.arm] * 60
+    )
+    result = CliRunner().invoke(app, ["study", "status"])
+    assert result.exit_code == 3, result.output  # cells are missing
+    lines = result.output.splitlines()
+    assert lines[0] == "one   0 done, 1 missing, 0 stale; about 40 min left"
+    assert lines[1] == "tiny  0 done, 4 missing, 0 stale; about 100 min left"
+    assert lines[2].startswith("2 studies: 0 done, 5 missing, 0 stale; about 2.3 h left on this")
+    # Named: cell by cell, each study in turn.
+    result = CliRunner().invoke(app, ["study", "status", "one", "tiny"])
+    assert result.exit_code == 3, result.output
+    assert "study one: tiny\n  missing  fc seed 0  ~40 min\n" in result.output
+    assert "\n\nstudy tiny: tiny\n  missing  gap seed 0  ~10 min\n" in result.output
+    result = CliRunner().invoke(app, ["study", "status", "nothere"])
+    assert result.exit_code == 2 and "no study 'nothere'" in result.output
