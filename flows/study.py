@@ -409,10 +409,13 @@ def chosen_lines(root: Path, name: str) -> tuple[list[str], str, float]:
     where it was trained, and where its model is; with its model URI ("" when this machine
     does not hold it) and its test accuracy."""
     from gap_models.findings import interval
+    from gap_models.study_report import analyse_study, stale_reason
     from gap_models.verdicts import target_call
 
     model, record, cell = chosen_cell(root, name)
-    stale = "" if record.code_version == code_version() else " (stale: older training code)"
+    stale = ""
+    if (model.arm, model.seed) in analyse_study(root, name).stale_cells:
+        stale = f" (stale: {stale_reason([record])})"
     uri, store = logged_model_uri(model.run_id)
     lines = [
         f"study {name}: the one model chosen on validation (highest validation accuracy of "

@@ -19,6 +19,7 @@ from gap_models import records
 from gap_models.analysis_plots import FIGURES
 from gap_models.evidence import from_records
 from gap_models.findings import analysis_markdown
+from gap_models.provenance import code_version
 from gap_models.studies import Study, load_study, studies_dir
 from gap_models.study_records import (
     CellRecord,
@@ -46,11 +47,9 @@ def _design(study) -> str:
     return f"Grid: {grid}. Data: `{study.source}`."
 
 
-def _provenance(cell_records, name: str) -> str:
-    """Where, when and by which code the cells were trained; records of another code
-    version than today's are named stale (the section changes when the code does)."""
-    from gap_models.provenance import code_version
-
+def _provenance(cell_records, name: str, stale_cells: frozenset) -> str:
+    """Where, when and by which code the cells were trained; stale records named, with why
+    (the section changes when the code, the study file or the data does)."""
     machines = Counter(
         f"{r.machine[records.CPU_MODEL]} ({r.machine[records.CPU_FLAGS]})" for r in cell_records
     )
@@ -73,12 +72,11 @@ def _provenance(cell_records, name: str) -> str:
             "draws of their later epochs started again, so they are not bit for bit what one "
             "uninterrupted fit makes."
         )
-    stale = _stale(cell_records)
+    stale = [r for r in cell_records if (r.arm, r.seed) in stale_cells]
     if stale:
         text += (
-            f" **{stale} of these {len(cell_records)} records are stale**: trained by an older "
-            f"version of the training code than today's ({code_version()}); "
-            f"`compare-heads study run {name}` trains them again."
+            f" **{len(stale)} of these {len(cell_records)} records are stale**: "
+            f"{stale_reason(stale)}; `compare-heads study run {name}` trains them again."
         )
     return text
 
@@ -92,22 +90,61 @@ class StudyEvidence:
     missing: list[str]
     analysis: Analysis | None
     baseline: list[CellRecord] = field(default_factory=list)  # the baseline study's cells
+    # (arm, seed) of the records whose key is not their cell's key today: trained by other
+    # training code, with other settings of the study file, or on other data.
+    stale_cells: frozenset = frozenset()
+    baseline_stale_cells: frozenset = frozenset()  # arms named "<arm>@<baseline>"
 
     @property
     def stale(self) -> int:
-        """Own records trained by older training code than today's."""
-        return _stale(self.present)
+        """Own records whose key is not their cell's today."""
+        return len(self.stale_cells)
 
     @property
     def baseline_stale(self) -> int:
-        """The baseline study's records (of this study's arms) trained by older code."""
-        return _stale(self.baseline)
+        """The baseline study's records (of this study's arms) whose key is not today's."""
+        return len(self.baseline_stale_cells)
 
 
-def _stale(cell_records: list[CellRecord]) -> int:
-    from gap_models.provenance import code_version
+def stale_reason(stale: list[CellRecord]) -> str:
+    """Why records are stale, as the report and the answer say it."""
+    older = sum(1 for r in stale if r.code_version != code_version())
+    if older == len(stale):
+        return f"trained by an older version of the training code than today's ({code_version()})"
+    if not older:
+        return "the study file's settings or the data changed since they were trained"
+    return (
+        f"{older} trained by older training code than today's ({code_version()}), the others "
+        "before a change of the study file's settings or of the data"
+    )
 
-    return sum(1 for r in cell_records if r.code_version != code_version())
+
+def _stale_cells(root: Path, study: Study, found: dict[str, CellRecord | None]) -> frozenset:
+    """(arm, seed) of the records of ``found`` (file stem -> record) whose key is not the
+    key their cell has today, as ``compare-heads study status`` judges it. Where the study's
+    source cannot be read here, its data is taken to be the record's own, so a change of
+    code or settings still shows."""
+    from gap_models.config import TFDS_PREFIX
+    from gap_models.study_state import cell_states
+
+    sources = {cell.source for cell in study.cells(root)}
+    readable = all(s.startswith(TFDS_PREFIX) or Path(s).expanduser().exists() for s in sources)
+    try:
+        if not readable:  # a missing source would fingerprint as empty: every key differs
+            raise FileNotFoundError(sources)
+        today = {state.cell.file_stem: state.key for state in cell_states(root, study)}
+    except (OSError, ValueError):
+        version = code_version()
+        today = {
+            cell.file_stem: cell.key(found[cell.file_stem].data, version)
+            for cell in study.cells(root)
+            if found.get(cell.file_stem) is not None
+        }
+    return frozenset(
+        (record.arm, record.seed)
+        for stem, record in found.items()
+        if record is not None and record.key != today.get(stem)
+    )
 
 
 def _fingerprint(root: Path, name: str) -> tuple:
@@ -137,7 +174,7 @@ def _analyse_study(root: Path, name: str, _fingerprint: tuple) -> StudyEvidence:
         return StudyEvidence(study, present, missing, None)
     data = {r.data: read_data_file(data_path(root, name, r.data)) for r in present}
     arms = study.arms()
-    baseline = _baseline_records(root, study)
+    baseline, baseline_stale = _baseline_records(root, study)
     for record in baseline:
         data.setdefault(
             record.data, read_data_file(data_path(root, study.analysis.baseline, record.data))
@@ -149,24 +186,29 @@ def _analyse_study(root: Path, name: str, _fingerprint: tuple) -> StudyEvidence:
         declared.family, declared.equivalence, declared.margin, declared.bootstrap_draws,
         declared.target_val_accuracy,
     )  # fmt: skip
-    return StudyEvidence(study, present, missing, analyse(evidence, plan), baseline)
+    return StudyEvidence(
+        study, present, missing, analyse(evidence, plan), baseline,
+        _stale_cells(root, study, found), baseline_stale,
+    )  # fmt: skip
 
 
-def _baseline_records(root: Path, study: Study) -> list[CellRecord]:
+def _baseline_records(root: Path, study: Study) -> tuple[list[CellRecord], frozenset]:
     """The records of ``study``'s baseline study for its own arms and seeds, relabelled
-    "<arm>@<baseline>" (none without a baseline)."""
+    "<arm>@<baseline>" (none without a baseline), and which of them are stale."""
     name = study.analysis.baseline
     if not name:
-        return []
+        return [], frozenset()
     other = load_study(root, name)
     wanted = {(c.arm, c.seed) for c in study.cells(root)}
-    found = []
+    found = {}
     for cell in other.cells(root):
         record = read_record(record_path(root, name, cell.file_stem))
         if record is not None and (cell.arm, cell.seed) in wanted:
-            record.arm = f"{cell.arm}@{name}"
-            found.append(record)
-    return found
+            found[cell.file_stem] = record
+    stale = _stale_cells(root, other, found)
+    for record in found.values():
+        record.arm = f"{record.arm}@{name}"
+    return list(found.values()), frozenset((f"{arm}@{name}", seed) for arm, seed in stale)
 
 
 def _baseline_provenance(studied: StudyEvidence) -> list[str]:
@@ -181,8 +223,11 @@ def _baseline_provenance(studied: StudyEvidence) -> list[str]:
         f"{', '.join(sorted({r.code_version for r in studied.baseline}))}."
     )
     if stale:
+        records_stale = [
+            r for r in studied.baseline if (r.arm, r.seed) in studied.baseline_stale_cells
+        ]
         text += (
-            f" **{stale} of them are stale** (older training code than today's): "
+            f" **{stale} of them are stale**: {stale_reason(records_stale)}; "
             f"`compare-heads study run {name}` trains them again."
         )
     return [text]
@@ -208,7 +253,7 @@ def render(
     links = [f"![{file}]({figure_folder}/{file})" for file in files]
     body = [
         *heading,
-        _provenance(present, name),
+        _provenance(present, name, studied.stale_cells),
         *_baseline_provenance(studied),
         f"Reproduce: `compare-heads study run {name}` (trains what is missing), then "
         f"`compare-heads study report {name}`.",

@@ -45,7 +45,11 @@ def _status(studied: StudyEvidence) -> tuple[str, bool]:
     total = len(studied.present) + len(studied.missing)
     parts = [f"{len(studied.present)} of {total} cells recorded"]
     if studied.stale:
-        parts.append(f"{studied.stale} stale (older training code)")
+        stale = [r for r in studied.present if (r.arm, r.seed) in studied.stale_cells]
+        older = all(r.code_version != code_version() for r in stale)
+        parts.append(
+            f"{studied.stale} stale ({'older training code' if older else 'see its section'})"
+        )
     baseline_stale = studied.baseline_stale
     if baseline_stale:
         parts.append(
@@ -142,7 +146,7 @@ def capacity_figure(studied: list[StudyEvidence]) -> Figure:
     for s in studied:
         if s.analysis is None:
             continue
-        stale_arms = {r.arm for r in s.present if r.code_version != code_version()}
+        stale_arms = {arm for arm, _ in s.stale_cells}
         for summary in s.analysis.arms:
             arm = s.analysis.evidence.arms[summary.arm]
             if "@" in summary.arm or arm.settings.get("image_size") != ACROSS_SIZE:

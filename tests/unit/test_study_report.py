@@ -189,16 +189,47 @@ def test_every_committed_study_section_is_what_its_records_render(name):
     )
 
 
-def test_the_verdict_asks_each_question_and_says_provisional_until_every_cell_is_in(tmp_path):
+def _make_current(root: Path, name: str = "synthetic") -> None:
+    """The study's records, as if trained today: today's code version and each cell's key."""
     from gap_models.provenance import code_version
+    from gap_models.study_state import cell_states
+
+    for state in cell_states(root, load_study(root, name)):
+        path = record_path(root, name, state.cell.file_stem)
+        record = read_record(path)
+        if record is not None:
+            record.code_version, record.key = code_version(), state.key
+            write_json_atomically(path, record.to_json())
+
+
+def test_a_record_is_stale_when_the_study_file_changes_its_cell_not_only_the_code(tmp_path):
+    """The report judges staleness as `study status` does, by the cell's key: a setting
+    edited in the study file stales the records trained before it (same code version)."""
+    from gap_models.study_verdict import render_verdict
+
+    asked = STUDY.replace('source = "photos"', 'source = "photos"\nquestion = "Is gap better?"')
+    _write_study(tmp_path, text=asked)
+    _make_current(tmp_path)
+    section, _ = render(tmp_path, "synthetic", "x", draw=False)
+    assert "stale" not in section
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert "6 of 6 cells recorded. Final:" in verdict
+    study_file = tmp_path / "studies" / "synthetic.toml"
+    study_file.write_text(
+        asked.replace('precision = ["float32"]', 'precision = ["float32"]\nepochs = [9]')
+    )
+    section, _ = render(tmp_path, "synthetic", "x", draw=False)
+    assert "**6 of these 6 records are stale**: the study file's settings or the data " in section
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert "6 of 6 cells recorded, 6 stale (see its section). Provisional:" in verdict
+
+
+def test_the_verdict_asks_each_question_and_says_provisional_until_every_cell_is_in(tmp_path):
     from gap_models.study_verdict import FIGURE, committed_verdict, render_verdict, replace_verdict
 
     asked = STUDY.replace('source = "photos"', 'source = "photos"\nquestion = "Is gap better?"')
     _write_study(tmp_path, with_seed2=False, text=asked)
-    for path in (tmp_path / "studies" / "synthetic" / "records").glob("*-seed*.json"):
-        record = read_record(path)  # recorded by today's code: none stale
-        record.code_version = code_version()
-        write_json_atomically(path, record.to_json())
+    _make_current(tmp_path)
     partial, _ = render_verdict(tmp_path, "studies", draw=False)
     assert "**1. Is gap better?** Study `synthetic`" in partial
     assert "4 of 6 cells recorded. Provisional:" in partial
@@ -210,6 +241,7 @@ def test_the_verdict_asks_each_question_and_says_provisional_until_every_cell_is
         record = read_record(record_path(tmp_path, "synthetic", f"fc-seed{seed}"))
         record.seed = 2
         write_json_atomically(record_path(tmp_path, "synthetic", "fc-seed2"), record.to_json())
+    _make_current(tmp_path)
     complete, figures = render_verdict(tmp_path, "studies")
     assert "6 of 6 cells recorded. Final:" in complete and complete != partial
     # No arm of the synthetic study is at 100 px: the figure across studies stays empty.
