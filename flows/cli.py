@@ -293,11 +293,16 @@ def study_run(
     write each record as it finishes (commit them). With several studies, one budget: a
     later study's short cells fill what an earlier study's long cell leaves. Exit status 3
     when cells are left."""
-    from flows.study import run_studies
+    from flows.study import StudyRunBusy, check_studies, run_studies
 
-    try:
-        left = run_studies(names, budget_minutes, say=typer.echo)
+    try:  # a bad name, study file or source: a clear line now, before any training
+        check_studies(names)
     except (FileNotFoundError, ValueError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    try:  # from here on, a failure is a bug to read in full: its traceback is kept
+        left = run_studies(names, budget_minutes, say=typer.echo)
+    except StudyRunBusy as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     for name, cells in left.items():

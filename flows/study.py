@@ -14,8 +14,8 @@ kept, so cells longer than any one session still get trained, a session at a tim
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -233,6 +233,20 @@ def _needed_seconds(root: Path, study: Study, state: CellState) -> float:
     return estimate_seconds(root, study, state, own)
 
 
+def check_studies(names: list[str], root: Path | None = None) -> None:
+    """Raise (FileNotFoundError, ValueError, with the cause) for a study name, study file or
+    source that a run could not start from."""
+    from gap_models.config import TFDS_PREFIX
+
+    root = root or repo_root()
+    for name in names:
+        study = load_study(root, name)
+        for source in {cell.source for cell in study.cells(root)}:
+            if not source.startswith(TFDS_PREFIX) and not Path(source).expanduser().exists():
+                raise FileNotFoundError(f"study {name}: its source {source} does not exist")
+        cell_states(root, study)
+
+
 def run_study(name: str, budget_minutes: float | None = None, root: Path | None = None,
               say: Say = print) -> list[CellState]:  # fmt: skip
     """Train the cells of study ``name`` that have no current record (``run_studies`` of
@@ -269,7 +283,7 @@ def run_studies(names: list[str], budget_minutes: float | None = None, root: Pat
             say(f"reused {label(study, state)} from {existing}")
         return existing is not None
 
-    with _training_until(until):
+    with _one_run_at_a_time(root), _training_until(until):
         pending = [
             (study, state)
             for study in studies
@@ -290,7 +304,7 @@ def run_studies(names: list[str], budget_minutes: float | None = None, root: Pat
                         "ends within the budget"
                     )
             study, state = pending.pop(chosen)
-            if several and reused(study, state):  # recorded meanwhile by a study before it
+            if reused(study, state):  # recorded meanwhile (by a study before it)
                 continue
             name = label(study, state)
             resumes = f", resuming after epoch {state.epochs_done}" if state.epochs_done else ""
@@ -332,13 +346,53 @@ def _earlier_seconds(metrics: dict[str, float]) -> float:
 
 
 def _adopt_record(root: Path, study: Study, state: CellState, existing: Path, target: Path) -> None:
-    """Copy another study's record of the same cell (same key), with its data file."""
-    record = read_record(existing)
-    record.study, record.arm = study.name, state.cell.arm
-    write_json_atomically(target, record.to_json())
+    """Copy another study's record of the same cell (same key), its data file first (both
+    atomically: a run killed in between leaves the cell missing, never a record without
+    its data)."""
     data = data_path(root, study.name, state.data)
     if not data.is_file():
-        shutil.copyfile(existing.parent / f"data-{state.data}.json", data)
+        source = existing.parent / f"data-{state.data}.json"
+        write_json_atomically(data, json.loads(source.read_text()))
+    record = read_record(existing)
+    record.study, record.arm, record.settings = study.name, state.cell.arm, state.cell.settings
+    write_json_atomically(target, record.to_json())
+
+
+class StudyRunBusy(RuntimeError):
+    """Another ``study run`` is training this repository's studies."""
+
+
+@contextlib.contextmanager
+def _one_run_at_a_time(root: Path) -> Iterator[None]:
+    """Hold this repository's study-run lock while the block runs (released by the system
+    if the process dies): two runs at once would train the same cells twice, and the second
+    could not checkpoint, so its budget could not pause it."""
+    import fcntl
+    import hashlib
+
+    from gap_models.data import default_cache_dir
+
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    path = default_cache_dir() / "locks" / f"study-run-{digest}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise StudyRunBusy(
+                f"another `compare-heads study run` (process {holder}) is training the studies "
+                f"of {root}: wait for it, or stop it (SIGTERM pauses it at the end of an epoch)"
+            ) from None
+        try:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def report_study(name: str | None = None, root: Path | None = None) -> Path:

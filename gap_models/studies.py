@@ -200,5 +200,11 @@ def load_study(root: Path, name: str) -> Study:
         raise FileNotFoundError(
             f"no study {name!r}: {path} does not exist (studies: {study_names(root)})"
         )
-    with path.open("rb") as handle:
-        return Study(name=name, **tomllib.load(handle))
+    try:
+        with path.open("rb") as handle:
+            content = tomllib.load(handle)
+        if "name" in content:
+            raise ValueError("a study's name is its file's name: remove the key `name`")
+        return Study(name=name, **content)
+    except ValueError as error:  # TOML syntax and pydantic validation errors alike
+        raise ValueError(f"{path}: {error}") from None

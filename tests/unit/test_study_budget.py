@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -154,3 +155,61 @@ def test_study_status_without_a_name_gives_every_study_on_one_line(tiny_root, mo
     assert "\n\nstudy tiny: tiny\n  missing  gap seed 0  ~10 min\n" in result.output
     result = CliRunner().invoke(app, ["study", "status", "nothere"])
     assert result.exit_code == 2 and "no study 'nothere'" in result.output
+
+
+def test_a_second_study_run_of_the_same_repository_is_refused_with_the_holder(tiny_root):
+    from typer.testing import CliRunner
+
+    import flows.cli
+    from flows.study import _one_run_at_a_time
+
+    runner = CliRunner()
+    with _one_run_at_a_time(tiny_root), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flows.study, "repo_root", lambda: tiny_root)
+        result = runner.invoke(flows.cli.app, ["study", "run", "tiny"])
+    assert result.exit_code == 2, result.output
+    assert "another `compare-heads study run` (process " in result.output
+    with _one_run_at_a_time(tiny_root):  # released: taken again at once
+        pass
+
+
+def test_study_run_names_what_it_cannot_start_from(tiny_root, monkeypatch):
+    from typer.testing import CliRunner
+
+    import flows.cli
+
+    monkeypatch.setattr(flows.study, "repo_root", lambda: tiny_root)
+    runner = CliRunner()
+    (tiny_root / "studies" / "broken.toml").write_text("description = \n")
+    result = runner.invoke(flows.cli.app, ["study", "run", "broken"])
+    assert result.exit_code == 2 and "broken.toml: " in result.output, result.output
+    (tiny_root / "studies" / "named.toml").write_text(f'name = "x"\n{STUDY}')
+    result = runner.invoke(flows.cli.app, ["study", "run", "named"])
+    assert result.exit_code == 2 and "remove the key `name`" in result.output, result.output
+    (tiny_root / "studies" / "gone.toml").write_text(STUDY.replace('"photos"', '"nowhere"'))
+    result = runner.invoke(flows.cli.app, ["study", "run", "gone"])
+    assert result.exit_code == 2 and "its source" in result.output, result.output
+    assert "nowhere does not exist" in result.output
+
+
+def test_a_record_adopted_from_another_study_comes_with_its_data_file(tiny_root):
+    from flows.study import _adopt_record
+    from gap_models.studies import load_study
+    from gap_models.study_records import data_path, record_path
+    from tests.unit.test_study_report import _write_study
+
+    _write_study(tiny_root / "other")
+    other = tiny_root / "other"
+    (other / "studies" / "copy.toml").write_text((other / "studies" / "synthetic.toml").read_text())
+    study = load_study(other, "copy")
+    (state,) = [s for s in study_state.cell_states(other, study) if s.cell.file_stem == "gap-seed0"]
+    state = dataclasses.replace(state, data="d1")
+    existing = record_path(other, "synthetic", "gap-seed0")
+    target = record_path(other, "copy", "gap-seed0")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _adopt_record(other, study, state, existing, target)
+    copied_data, original = (data_path(other, name, "d1") for name in ("copy", "synthetic"))
+    assert json.loads(copied_data.read_text()) == json.loads(original.read_text())
+    copied = read_record(target)
+    assert copied.study == "copy" and copied.settings == state.cell.settings
+    assert copied.key == read_record(existing).key
