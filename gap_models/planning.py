@@ -149,11 +149,15 @@ def plan(
     force: bool = False,
     drift: DriftTest | None = None,
     promote: bool = True,
+    selected_subset: bool = False,
 ) -> Plan:
     """Decide what to train (see the module's ladder). ``cell_digests`` maps every planned
     (head, seed) to its configuration digest (``gap_models.identity.config_digest``). A run
     that promotes nothing (``promote=False``) is a comparison: it trains everything, and the
-    plan only says what changed since the champion."""
+    plan only says what changed since the champion. ``selected_subset``: the run uses a
+    per-class quota of the photos (``max_images``), shared by the splits, so any change of
+    photos can move training photos in or out: it counts as a change of the training
+    photos."""
     cells = list(cell_digests)
     result = Plan(FULL, [], manifest.digest, code_digest, cells, list(cells), {})
     result.champion, result.drift = champion, drift
@@ -182,9 +186,16 @@ def plan(
     changed = config_changed_cells(cells, cell_digests, champion)
     if changed:
         result.reasons.append(REASON_CONFIG_CHANGED)
+    if selected_subset and changes.any and not changes.train_changed:
+        result.notes.append(
+            "max_images selects a quota of each class across the splits: a change of "
+            "validation or test photos can change which training photos are used, so "
+            "everything trains"
+        )
     if (
         set(result.reasons) & set(FULL_REASONS)
         or changes.train_changed
+        or (selected_subset and changes.any)
         or len(changed) == len(cells)
     ):
         return result

@@ -288,6 +288,9 @@ CHAMPION_DATA_DIGEST_TAG = "champion_data_digest"
 CODE_DIGEST_TAG = "code_digest"
 CONFIG_DIGEST_TAG = "compare_heads.config_digest"  # a child run's cell without its data
 TRAINED_BECAUSE_TAG = "trained_because"  # on a registered model version: the plan's reasons
+# On a registered model version: the flow run (parent) whose comparison registered it, which
+# may have reused the model from an earlier run; the next plan compares against that run.
+COMPARED_IN_RUN_TAG = "compared_in_run"
 PHOTOS_METRIC_PREFIX = "photos_"  # + added / removed / modified / relabelled
 DRIFT_MMD = "drift_mmd"
 DRIFT_P_VALUE = "drift_p_value"

@@ -79,8 +79,9 @@ def promote_best(
         PROMOTION_LIMIT, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS
     ):
         promotion = registry.decide(
-            mlflow_client, name, candidate, cache_dir, tuple(reasons or ()), serving
-        )
+            mlflow_client, name, candidate, cache_dir, tuple(reasons or ()), serving,
+            compared_in=parent_run_id,
+        )  # fmt: skip
     registry.record(mlflow_client, parent_run_id, promotion)
     create_markdown_artifact(
         key="compare-heads-promotion",

@@ -57,16 +57,29 @@ def model_run_manifest(client: MlflowClient, model_uri: str) -> Manifest | None:
 
 
 def _cells_of(client: MlflowClient, parent) -> dict[tuple[str, int], tuple[str, str]]:
-    """(head, seed) -> (configuration digest, run id) of the parent's finished cells."""
+    """(head, seed) -> (configuration digest, run id) of the parent's finished cells: those
+    it trained and those it reused from an earlier run (a partial run's comparison is of
+    both, so the next identical run has nothing left to train)."""
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`{records.PARENT_RUN_TAG}` = '{parent.info.run_id}' "
         "and attributes.status = 'FINISHED'",
     )
+    reused_ids = parent.data.tags.get(records.REUSED_RUNS_TAG, "")
+    for run_id in filter(None, reused_ids.split(",")):
+        try:
+            children.append(client.get_run(run_id))
+        except MlflowException:  # deleted since: that cell trains again
+            continue
     cells = {}
-    for child in children:
+    for child in reversed(children):  # the parent's own cells last: they win a tie
         tags = child.data.tags
-        if records.CONFIG_DIGEST_TAG in tags and records.SELECTION_METRIC in child.data.metrics:
+        finished = child.info.status == "FINISHED"
+        if (
+            finished
+            and records.CONFIG_DIGEST_TAG in tags
+            and records.SELECTION_METRIC in child.data.metrics
+        ):
             cell = (tags[records.HEAD], int(tags[records.SEED]))
             cells[cell] = (tags[records.CONFIG_DIGEST_TAG], child.info.run_id)
     return cells
@@ -80,9 +93,11 @@ def read_champion(client: MlflowClient, name: str, alias: str = CHAMPION) -> Cha
     except MlflowException:
         return None
     trained_at = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
-    try:
-        child = client.get_run(version.run_id)
-        parent = client.get_run(child.data.tags[records.PARENT_RUN_TAG])
+    try:  # the run that compared it (it may have reused the model), else the one that trained it
+        compared_in = version.tags.get(records.COMPARED_IN_RUN_TAG)
+        if not compared_in:
+            compared_in = client.get_run(version.run_id).data.tags[records.PARENT_RUN_TAG]
+        parent = client.get_run(compared_in)
     except (MlflowException, KeyError):
         return Champion(str(version.version), trained_at, None, None)
     return Champion(
@@ -171,7 +186,7 @@ def plan_against_champion(
     plan = decide(
         manifest, code_version(), digests, champion, datetime.now(UTC),
         max_age_days=config.max_age_days, force=config.force, drift=drift,
-        promote=config.promote,
+        promote=config.promote, selected_subset=config.max_images is not None,
     )  # fmt: skip
     plan.drift_statistics = statistics
     if champion is not None and champion.settings:

@@ -157,11 +157,13 @@ def decide(
     cache_dir: str,
     reasons: tuple[str, ...] = (),
     serving: ServingCheck | None = None,
+    compared_in: str | None = None,
 ) -> Promotion:
     """Register the candidate as challenger and promote it if it passes the gate against the
     current champion (``gap_models.gate``: both scored on this run's validation photos). The
     version records its validation and test accuracy, why it was trained (the retraining
-    plan's reasons) and why it was promoted or kept (with the paired test's p-value)."""
+    plan's reasons), the flow run that compared it (``compared_in``: its parent run, or the
+    run that reused it) and why it was promoted or kept (with the paired test's p-value)."""
     champion = current_champion(client, name)
     promote, reason, gate = _gate(client, name, candidate, cache_dir, champion, serving)
     p_value = gate.p_value if gate else None
@@ -172,6 +174,7 @@ def decide(
         records.PROMOTION_REASON_TAG: reason,
         **({records.MCNEMAR_P_VALUE: f"{p_value:.6g}"} if p_value is not None else {}),
         **({records.TRAINED_BECAUSE_TAG: ",".join(reasons)} if reasons else {}),
+        **({records.COMPARED_IN_RUN_TAG: compared_in} if compared_in else {}),
     }
     try:
         for key, value in tags.items():

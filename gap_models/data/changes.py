@@ -7,7 +7,7 @@ in both with other bytes is *modified*; what remains is *added* or *removed*.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from gap_models.data.manifest import Manifest, Photo
@@ -51,17 +51,37 @@ class DataChanges:
         return dict(sorted(Counter((p.label, p.split) for p in self.photos(kind)).items()))
 
 
+def _surplus(ours: list[Photo], theirs: list[Photo]) -> list[Photo]:
+    """Of photos with the same bytes, those ``ours`` has beyond ``theirs``'s count (byte-
+    identical duplicates count: each is a training example), files the other lacks first."""
+    extra = len(ours) - len(theirs)
+    if extra <= 0:
+        return []
+    names = {photo.file for photo in theirs}
+    return sorted(ours, key=lambda photo: (photo.file in names, photo.file))[:extra]
+
+
 def diff_manifests(before: Manifest, after: Manifest) -> DataChanges:
-    """The changes that turn ``before`` into ``after``."""
-    old_by_digest = {photo.sha256: photo for photo in before.photos}
-    new_by_digest = {photo.sha256: photo for photo in after.photos}
-    relabelled = tuple(
-        (photo, old_by_digest[photo.sha256].label)
-        for photo in after.photos
-        if photo.sha256 in old_by_digest and old_by_digest[photo.sha256].label != photo.label
-    )
-    appeared = [photo for photo in after.photos if photo.sha256 not in old_by_digest]
-    vanished = [photo for photo in before.photos if photo.sha256 not in new_by_digest]
+    """The changes that turn ``before`` into ``after``, as multisets: a byte-identical
+    duplicate added or removed is a photo added or removed, and the same bytes under two
+    classes in both are not relabelled."""
+    old_by_digest: dict[str, list[Photo]] = defaultdict(list)
+    new_by_digest: dict[str, list[Photo]] = defaultdict(list)
+    for photo in before.photos:
+        old_by_digest[photo.sha256].append(photo)
+    for photo in after.photos:
+        new_by_digest[photo.sha256].append(photo)
+    relabelled = []
+    for photo in after.photos:
+        labels = {old.label for old in old_by_digest.get(photo.sha256, [])}
+        if labels and photo.label not in labels:
+            relabelled.append((photo, old_by_digest[photo.sha256][0].label))
+    appeared = [p for digest, new in new_by_digest.items()
+                for p in _surplus(new, old_by_digest.get(digest, []))]  # fmt: skip
+    vanished = [p for digest, old in old_by_digest.items()
+                for p in _surplus(old, new_by_digest.get(digest, []))]  # fmt: skip
+    order = {photo.file: i for i, photo in enumerate(after.photos)}
+    appeared.sort(key=lambda photo: order.get(photo.file, 0))
     vanished_names = {photo.file for photo in vanished}
     modified = tuple(photo for photo in appeared if photo.file in vanished_names)
     modified_names = {photo.file for photo in modified}
@@ -69,5 +89,5 @@ def diff_manifests(before: Manifest, after: Manifest) -> DataChanges:
         added=tuple(photo for photo in appeared if photo.file not in modified_names),
         removed=tuple(photo for photo in vanished if photo.file not in modified_names),
         modified=modified,
-        relabelled=relabelled,
+        relabelled=tuple(relabelled),
     )

@@ -60,6 +60,13 @@ def test_unchanged_data_skips_a_new_head_trains_alone_new_photos_retrain(
     assert parent_tags(client, both)["retrain_reasons"] == "config_changed"
     text = artifact_text(client, both, "what_changed.md", tmp_path)
     assert "| heads | ['gap'] | ['gap', 'fc'] |" in text, text
+    # The same two heads again: the partial run's comparison covered both (one trained, one
+    # reused), whichever model it promoted: nothing is left to train.
+    repeat = compare_heads(source=str(source), **{**PARAMS, "heads": ["gap", "fc"]})
+    said = artifact_text(client, repeat, "what_changed.md", tmp_path)
+    assert (repeat.decision, repeat.trained) == ("skip", []), said
+    version = client.get_model_version("pets-retraining", both.promotion.version)
+    assert version.tags["compared_in_run"] == both.parent_run_id  # not the reused run's parent
 
     extra = make_pet_images(tmp_path / "extra", per_class=25, size=32, seed=5) / "PetImages"
     added = []

@@ -89,6 +89,48 @@ def test_differences_name_added_removed_modified_and_relabelled_photos(photos, t
     assert changes.train_changed
 
 
+def test_byte_identical_duplicates_count_and_the_same_bytes_in_two_classes_stay_put(
+    photos, tmp_path
+):
+    """The digest counts duplicates (each is a training example), so the differences must:
+    a copy of a photo added is a photo added; the same bytes under both classes, in both
+    manifests, are not relabelled on every run."""
+    shutil.copy(photos / "Dog" / "3.jpg", photos / "Cat" / "also-3.jpg")  # in both classes
+    before = manifest_of(photos, tmp_path)
+    assert diff_manifests(before, manifest_of(photos, tmp_path)).any is False
+    shutil.copy(photos / "Cat" / "5.jpg", photos / "Cat" / "copy-of-5.jpg")
+    after = manifest_of(photos, tmp_path)
+    assert after.digest != before.digest
+    changes = diff_manifests(before, after)
+    assert changes.counts() == {"added": 1, "removed": 0, "modified": 0, "relabelled": 0}
+    assert changes.added[0].file.endswith("copy-of-5.jpg")
+    removed = diff_manifests(after, before)
+    assert removed.counts() == {"added": 0, "removed": 1, "modified": 0, "relabelled": 0}
+    config = RunConfig(source=str(photos), heads=["gap"], seeds=[0], precision="float32")
+    decided = plan(after, "code-1", digests(config), champion_of(before, config), NOW)
+    assert decided.decision != planning.SKIP
+
+
+def test_with_max_images_a_validation_change_retrains_everything(photos, tmp_path):
+    """max_images takes a quota of each class across the splits: a new validation photo can
+    push a training photo out, so the plan cannot merely rescore the champion."""
+    config = RunConfig(source=str(photos), heads=["gap"], seeds=[0], precision="float32")
+    before = manifest_of(photos, tmp_path)
+    (held,) = [p for p in before.photos if p.split == "validation"][:1]
+    target = photos / held.file
+    assert target.is_file()
+    make_pet_images(tmp_path / "other", per_class=1, size=32, seed=42)
+    shutil.copy(tmp_path / "other" / "PetImages" / "Cat" / "0.jpg", target)
+    after = manifest_of(photos, tmp_path)
+    changes = diff_manifests(before, after)
+    assert changes.any and not changes.train_changed
+    champion = champion_of(before, config)
+    assert plan(after, "code-1", digests(config), champion, NOW).decision == planning.EVALUATE
+    subset = plan(after, "code-1", digests(config), champion, NOW, selected_subset=True)
+    assert subset.decision == planning.FULL
+    assert any("max_images" in note for note in subset.notes)
+
+
 def test_the_ladder_skips_evaluates_partially_retrains_or_retrains(photos, tmp_path):
     config = RunConfig(source=str(photos), heads=["gap"], seeds=[0], precision="float32")
     manifest = manifest_of(photos, tmp_path)
