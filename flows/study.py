@@ -140,14 +140,22 @@ def _write_data_file(root: Path, study: Study, data: str, cache_dir: str) -> Non
 def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
     """Train one cell through the flow and write its record."""
     from flows.compare_heads import compare_heads
+    from gap_models.data import default_cache_dir
     from tracking import runs
 
     started = time.perf_counter()
     config = state.cell.config()
-    result = compare_heads(**config.model_dump())
-    _write_data_file(root, study, state.data, result.cache_dir)
     client = runs.client()
-    run_id = result.trained[0].run_id
+    run_id = _finished_unrecorded_run(client, state)
+    if run_id:  # trained to the end by a run killed before it wrote the record
+        say(f"{state.cell.arm} seed {state.cell.seed}: run {run_id} trained it to the end and "
+            "was stopped before recording it: recorded from that run, not trained again")  # fmt: skip
+        cache_dir, reused = str(default_cache_dir() / state.data), True
+    else:
+        result = compare_heads(**config.model_dump())
+        run_id, reused = result.trained[0].run_id, result.trained[0].reused
+        cache_dir = result.cache_dir
+    _write_data_file(root, study, state.data, cache_dir)
     tracked = runs.tracked_run(client, run_id)
     predictions = runs.fetch_predictions(client, run_id)
     here = detect()
@@ -177,7 +185,7 @@ def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
         cell_seconds=(
             tracked.metrics[records.TRAIN_SECONDS]
             + tracked.metrics.get(records.EVALUATE_SECONDS, 0.0)
-            if result.trained[0].reused
+            if reused
             else time.perf_counter() - started + _earlier_seconds(tracked.metrics)
         ),
         extra_metrics={
@@ -193,6 +201,34 @@ def _train_cell(root: Path, study: Study, state: CellState, say: Say) -> None:
     )
     write_json_atomically(record_path(root, study.name, state.cell.file_stem), record.to_json())
     say(f"recorded {state.cell.arm} seed {state.cell.seed} ({record.cell_seconds / 60:.1f} min)")
+
+
+def _finished_unrecorded_run(client, state: CellState) -> str:
+    """A finished, scored run of this cell's model (its key) whose predictions this
+    machine's store holds: a `study run` killed between the end of the flow and the record
+    leaves one, and recording it costs seconds where training again costs the whole cell.
+    "" when none (or its preprocessed photos are gone from the cache)."""
+    from mlflow.exceptions import MlflowException
+
+    from gap_models.data import default_cache_dir
+    from tracking import runs
+
+    if not (default_cache_dir() / state.data).is_dir():
+        return ""
+    found = client.search_runs(
+        [runs.ensure_experiment(client)],
+        filter_string=f"tags.`{records.RUN_KEY_TAG}` = '{state.key}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in found:
+        if {records.TEST_ACCURACY, records.SELECTION_METRIC} <= set(run.data.metrics):
+            try:
+                runs.fetch_predictions(client, run.info.run_id)
+            except (MlflowException, OSError, KeyError, ValueError):  # none logged: train it
+                continue
+            return run.info.run_id
+    return ""
 
 
 FIRST_EPOCH_MARGIN = 1.5

@@ -121,6 +121,16 @@ def test_a_killed_study_resumes_every_cell_once_and_a_budget_stops_it(
     assert all(state.state == "done" for state in states)
     assert lines[-1].startswith("4 done, 0 missing, 0 stale")
 
+    # Killed after a cell's flow finished but before its record was written: the next run
+    # records it from that finished run in seconds instead of training it again.
+    lost = records_dir(study_root, "tiny") / "gap-seed1.json"
+    run_id = read_record(lost).result.run_id
+    lost.unlink()
+    said.clear()
+    assert run_study("tiny", root=study_root, say=said.append) == []
+    assert read_record(lost).result.run_id == run_id
+    assert any(f"run {run_id} trained it to the end" in line for line in said), said
+
     # `study best`: the cell with the highest validation accuracy (ties: fewer parameters,
     # then the lower seed), its model in this store, scored on photos no run of it saw.
     def accuracy(record, split):
