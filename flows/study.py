@@ -68,13 +68,16 @@ def _status(root: Path, name: str) -> tuple[list[str], list[CellState], dict[str
     states = cell_states(root, study)
     lines = [f"study {name}: {study.description}"]
     remaining = 0.0
+    pending: set[tuple[str, int]] = set()  # (head, seed) of the cells left, listed so far
     for state in states:
         extra = ""
         elsewhere = find_record_by_key(root, state.key) if state.state != "done" else None
         if elsewhere is not None:  # copied, not trained, when `study run` reaches it
             extra = f"  recorded in {elsewhere.parent.parent.name}: copied by `study run`"
         elif state.state != "done":
-            seconds = _needed_seconds(root, study, state)
+            earlier = frozenset(h for h, seed in pending if seed == state.cell.seed)
+            seconds = _needed_seconds(root, study, state, earlier)
+            pending.add((state.cell.head, state.cell.seed))
             remaining += seconds
             extra = f"  ~{seconds / 60:.0f} min"
             if state.epochs_done:
@@ -262,11 +265,14 @@ def next_cell(needed_seconds: list[float], left_seconds: float) -> int:
     return 0
 
 
-def _needed_seconds(root: Path, study: Study, state: CellState) -> float:
-    """A cell's seconds on this CPU, at the rate of its precision and backbone here."""
+def _needed_seconds(
+    root: Path, study: Study, state: CellState, trained_before=frozenset()
+) -> float:
+    """A cell's seconds on this CPU, at the rate of its precision and backbone here
+    (``trained_before``: see ``gap_models.study_state.chain_steps_to_train``)."""
     settings = state.cell.settings
     own = seconds_per_flop(root, settings.get("precision"), state.cell.config().backbone)
-    return estimate_seconds(root, study, state, own)
+    return estimate_seconds(root, study, state, own, trained_before)
 
 
 def check_studies(names: list[str], root: Path | None = None) -> None:

@@ -116,7 +116,9 @@ def train_images(root: Path, study: Study, data: str) -> int | None:
     return read_data_file(path).train_images if path.is_file() else None
 
 
-def estimate_seconds(root: Path, study: Study, state: CellState, rate: float | None) -> float:
+def estimate_seconds(
+    root: Path, study: Study, state: CellState, rate: float | None, trained_before=frozenset()
+) -> float:
     """Expected wall seconds of one cell on this CPU at its epoch limit (early stopping only
     shortens it): this CPU's measured seconds per FLOP (``seconds_per_flop``) times the
     cell's training images, epochs and FLOPs per image; before any measurement, the slowest
@@ -128,7 +130,33 @@ def estimate_seconds(root: Path, study: Study, state: CellState, rate: float | N
     images = max(1, round(images * config.train_fraction))
     flops = _cell_flops(state.cell.head, config.image_size, config.backbone)
     epochs = state.epochs - min(state.epochs_done, state.epochs - 1)  # evaluation remains
+    work = images * epochs * flops
+    for head in chain_steps_to_train(state, trained_before):  # the article's chain: first
+        work += images * config.epochs * _cell_flops(head, config.image_size, config.backbone)
     if rate is None:
         prior = 1.3 / (PRIOR_IMAGES_PER_SECOND * PRIOR_FLOPS_PER_IMAGE)
-        return images * epochs * flops * prior
-    return images * epochs * flops * rate
+        return work * prior
+    return work * rate
+
+
+def chain_steps_to_train(state: CellState, trained_before=frozenset()) -> list[str]:
+    """Under the article's protocol, the heads before this cell's in the chain whose trained
+    backbone this machine's cache lacks: the cell trains them first (a session on another
+    machine than the one that trained the chain's first cells). ``trained_before``: heads
+    whose cells of this seed train earlier in the same run, leaving their step cached."""
+    from gap_models import identity, protocols
+    from gap_models.data import default_cache_dir
+
+    config = state.cell.config()
+    if config.protocol != "article":
+        return []
+    cell = identity.cell_identity(config, state.cell.head, state.cell.seed, state.data,
+                                  code_version())  # fmt: skip
+    chain = protocols.predecessors(state.cell.head)
+    return [
+        chain[length - 1]
+        for length in range(1, len(chain) + 1)
+        if chain[length - 1] not in trained_before
+        and protocols.load_step(default_cache_dir(), protocols.step_key(cell, chain[:length]))
+        is None
+    ]

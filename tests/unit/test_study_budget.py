@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 import flows.study
@@ -54,7 +55,7 @@ def test_a_study_run_trains_cells_that_fit_before_one_that_would_pause(tiny_root
     clock = [0.0]
     monkeypatch.setattr(flows.study.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(
-        flows.study, "_needed_seconds", lambda root, study, state: minutes[state.cell.arm] * 60
+        flows.study, "_needed_seconds", lambda root, study, state, *_: minutes[state.cell.arm] * 60
     )
 
     def train(root, study, state, say):
@@ -111,7 +112,7 @@ def test_several_studies_share_one_budget_from_the_cli(tiny_root, monkeypatch):
     monkeypatch.setattr(
         flows.study,
         "_needed_seconds",
-        lambda root, study, state: minutes[study.name, state.cell.arm] * 60,
+        lambda root, study, state, *_: minutes[study.name, state.cell.arm] * 60,
     )
 
     def train(root, study, state, say):
@@ -140,7 +141,7 @@ def test_study_status_without_a_name_gives_every_study_on_one_line(tiny_root, mo
     minutes = {"gap": 10, "fc": 40}
     monkeypatch.setattr("tracking.runs.repo_root", lambda: tiny_root)
     monkeypatch.setattr(
-        flows.study, "_needed_seconds", lambda root, study, state: minutes[state.cell.arm] * 60
+        flows.study, "_needed_seconds", lambda root, study, state, *_: minutes[state.cell.arm] * 60
     )
     result = CliRunner().invoke(app, ["study", "status"])
     assert result.exit_code == 3, result.output  # cells are missing
@@ -213,3 +214,34 @@ def test_a_record_adopted_from_another_study_comes_with_its_data_file(tiny_root)
     copied = read_record(target)
     assert copied.study == "copy" and copied.settings == state.cell.settings
     assert copied.key == read_record(existing).key
+
+
+def test_a_chain_cell_is_sized_with_the_earlier_heads_this_cache_lacks(tiny_root, monkeypatch):
+    # Under the article's protocol fc_dropout starts from the backbone fc trained: on a
+    # machine whose cache lacks that step, the cell trains fc first, and its estimate says so.
+    from gap_models import identity, protocols
+    from gap_models.provenance import code_version
+    from gap_models.studies import load_study
+
+    monkeypatch.setenv("COMPARE_HEADS_CACHE_DIR", str(tiny_root / "cache"))
+    chain = STUDY.replace('heads = ["gap", "fc"]', 'heads = ["fc", "fc_dropout"]').replace(
+        'precision = ["float32"]', 'precision = ["float32"]\nprotocol = ["article"]'
+    )
+    (tiny_root / "studies" / "chain.toml").write_text(chain.replace('[["gap", "fc"]]', "[]"))
+    study = load_study(tiny_root, "chain")
+    states = {(s.cell.head, s.cell.seed): s for s in study_state.cell_states(tiny_root, study)}
+    first, second = states["fc", 0], states["fc_dropout", 0]
+    assert study_state.chain_steps_to_train(first) == []
+    assert study_state.chain_steps_to_train(second) == ["fc"]
+    assert study_state.chain_steps_to_train(second, frozenset({"fc"})) == []  # fc's cell first
+    rate = 1e-9
+    alone = study_state.estimate_seconds(tiny_root, study, first, rate)
+    with_fc = study_state.estimate_seconds(tiny_root, study, second, rate)
+    assert with_fc > 1.9 * alone  # fc's fit, then its own (fc_dropout: the same FLOPs)
+    cell = identity.cell_identity(
+        second.cell.config(), "fc_dropout", 0, second.data, code_version()
+    )
+    key = protocols.step_key(cell, ("fc",))
+    protocols.save_step(tiny_root / "cache", key, {"w": [np.zeros(2)]})
+    assert study_state.chain_steps_to_train(second) == []
+    assert study_state.estimate_seconds(tiny_root, study, second, rate) == pytest.approx(alone)
