@@ -42,6 +42,7 @@ from gap_models.study_state import (
     CellState,
     cell_states,
     estimate_seconds,
+    head_factor,
     seconds_per_flop,
     train_images,
 )
@@ -270,8 +271,10 @@ def _needed_seconds(
 ) -> float:
     """A cell's seconds on this CPU, at the rate of its precision and backbone here
     (``trained_before``: see ``gap_models.study_state.chain_steps_to_train``)."""
-    settings = state.cell.settings
-    own = seconds_per_flop(root, settings.get("precision"), state.cell.config().backbone)
+    precision, backbone = state.cell.settings.get("precision"), state.cell.config().backbone
+    own = seconds_per_flop(root, precision, backbone)
+    if own is not None:
+        own *= head_factor(root, state.cell.head, precision, backbone)
     return estimate_seconds(root, study, state, own, trained_before)
 
 

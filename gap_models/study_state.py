@@ -72,6 +72,43 @@ PRIOR_FLOPS_PER_IMAGE = 75e6
 """The article's fc model at 100 px, whose speed ``PRIOR_IMAGES_PER_SECOND`` is."""
 
 
+@dataclass(frozen=True)
+class _Rate:
+    """One record's wall seconds per training image, epoch and forward FLOP, whole cell."""
+
+    machine: tuple[str, str]  # CPU model and flags
+    kind: tuple[str, str]  # precision and backbone
+    head: str
+    rate: float
+
+
+def _record_rates(root: Path) -> list[_Rate]:
+    files = tuple(
+        (str(path), path.stat().st_mtime_ns)
+        for path in sorted((root / STUDIES_DIR).glob("*/records/*.json"))
+        if not path.name.startswith("data-")
+    )
+    return _rates_of(files)
+
+
+@functools.lru_cache(maxsize=4)
+def _rates_of(files: tuple[tuple[str, int], ...]) -> list[_Rate]:
+    default_backbone = RunConfig.model_fields["backbone"].default
+    rates = []
+    for name, _ in files:
+        record = read_record(Path(name))
+        work = record.train_images * len(record.result.epoch_seconds) * record.flops_per_image
+        if work:
+            machine = (record.machine.get(records.CPU_MODEL, ""),
+                       record.machine.get(records.CPU_FLAGS, ""))  # fmt: skip
+            kind = (
+                record.settings.get("precision", ""),
+                record.settings.get("backbone", default_backbone),
+            )
+            rates.append(_Rate(machine, kind, record.head, record.cell_seconds / work))
+    return rates
+
+
 def seconds_per_flop(
     root: Path, precision: str | None = None, backbone: str | None = None
 ) -> float | None:
@@ -84,17 +121,10 @@ def seconds_per_flop(
     such record yet."""
     default_backbone = RunConfig.model_fields["backbone"].default
     rates: dict[tuple[str, str], list[float]] = {}
-    for path in sorted((root / STUDIES_DIR).glob("*/records/*.json")):
-        if path.name.startswith("data-"):
-            continue
-        record = read_record(path)
-        work = record.train_images * len(record.result.epoch_seconds) * record.flops_per_image
-        if _same_cpu(record.machine) and work:
-            kind = (
-                record.settings.get("precision", ""),
-                record.settings.get("backbone", default_backbone),
-            )
-            rates.setdefault(kind, []).append(record.cell_seconds / work)
+    for rate in _record_rates(root):
+        model, flags = rate.machine
+        if _same_cpu({records.CPU_MODEL: model, records.CPU_FLAGS: flags}):
+            rates.setdefault(rate.kind, []).append(rate.rate)
     same_precision = [r for (p, _), group in rates.items() if p == precision for r in group]
     chosen = (
         rates.get((precision or "", backbone or default_backbone))
@@ -102,6 +132,25 @@ def seconds_per_flop(
         or [rate for group in rates.values() for rate in group]
     )
     return statistics.median(chosen) if chosen else None
+
+
+def head_factor(root: Path, head: str, precision: str | None, backbone: str | None) -> float:
+    """How fast this head's cells ran per FLOP against the other cells of their CPU, precision
+    and backbone (median of its records' ratios, on any CPU): FLOPs are not all alike (a
+    3x3 convolution on 10 x 10 maps runs more of them a second than the trunk does), so a
+    cell is sized at its CPU's rate times this. 1 without a comparable record."""
+    default_backbone = RunConfig.model_fields["backbone"].default
+    kind = (precision or "", backbone or default_backbone)
+    rates = _record_rates(root)
+    groups: dict[tuple, list[float]] = {}
+    for rate in rates:
+        groups.setdefault((rate.machine, rate.kind), []).append(rate.rate)
+    ratios = []
+    for rate in rates:
+        others = groups[rate.machine, rate.kind]
+        if rate.head == head and rate.kind == kind and len(others) > 1:
+            ratios.append(rate.rate / statistics.median(others))
+    return statistics.median(ratios) if ratios else 1.0
 
 
 @functools.cache

@@ -245,3 +245,16 @@ def test_a_chain_cell_is_sized_with_the_earlier_heads_this_cache_lacks(tiny_root
     protocols.save_step(tiny_root / "cache", key, {"w": [np.zeros(2)]})
     assert study_state.chain_steps_to_train(second) == []
     assert study_state.estimate_seconds(tiny_root, study, second, rate) == pytest.approx(alone)
+
+
+def test_a_head_whose_flops_run_faster_is_sized_by_its_records_ratio(tmp_path):
+    # gap's records ran 30 s where fc's ran 60 s for the same FLOPs: gap's FLOPs are cheap
+    # here. Its factor is its rate over the median of its CPU and kind: 2/3 (median 45 s).
+    _write_study(tmp_path)
+    for path in records_dir(tmp_path, "synthetic").glob("[!d]*.json"):
+        record = read_record(path)
+        seconds = 30.0 if record.head == "gap" else 60.0
+        write_json_atomically(path, dataclasses.replace(record, cell_seconds=seconds).to_json())
+    assert study_state.head_factor(tmp_path, "gap", "float32", None) == pytest.approx(30 / 45)
+    assert study_state.head_factor(tmp_path, "fc", "float32", None) == pytest.approx(60 / 45)
+    assert study_state.head_factor(tmp_path, "avgpool", "float32", None) == 1.0  # no record
