@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -91,7 +93,10 @@ def test_a_sigterm_pauses_the_model_in_training_at_its_epochs_end_with_its_check
             "--image-size", "32", "--batch-size", "16", "--epochs", str(epochs), "--head",
             "gap", "--no-promote"]  # fmt: skip
     with log.open("w") as out:
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        # Its own process group: the ephemeral Prefect server it starts goes with it below.
+        child = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True
+        )
         deadline = time.monotonic() + 600
         while not re.search(r"epoch 3/", log.read_text()):
             assert child.poll() is None, log.read_text()[-3000:]
@@ -99,6 +104,8 @@ def test_a_sigterm_pauses_the_model_in_training_at_its_epochs_end_with_its_check
             time.sleep(0.2)
         child.send_signal(signal.SIGTERM)
         child.wait(timeout=600)
+        with contextlib.suppress(ProcessLookupError):  # what it left behind, if anything
+            os.killpg(child.pid, signal.SIGKILL)
     text = log.read_text()
     assert "Stopping: the model in training pauses at the end of its epoch" in text
     paused = re.search(r"paused after epoch (\d+) of 300", text)
