@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Literal, get_args, get_origin
@@ -30,6 +33,32 @@ def _quiet_and_offline() -> None:
     telemetry" on these offline machines). A user's own setting of either wins."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """While a flow runs in this process, SIGTERM ends it as an exit (status 143), not as a
+    kill, so the process's clean-up runs.
+
+    A flow run replaces SIGTERM's handler to pause the model in training, then restores the
+    one it found and sends the signal again. Python's default handler would then end the
+    process at once, skipping ``atexit``: the temporary Prefect server that an in-process
+    run starts for itself (a uvicorn child, stopped only there) outlived every paused
+    ``run`` and ``study run``. Scoped, so a process that calls the command in-process (a
+    test runner) gets its own handler back."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 FIELDS = RunConfig.model_fields
@@ -86,7 +115,8 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
     from flows.compare_heads import compare_heads
 
-    result = compare_heads(**config.model_dump())
+    with _sigterm_exits():
+        result = compare_heads(**config.model_dump())
     typer.echo(result.markdown)
     if not result.trained:
         typer.echo(f"\nNothing trained: the plan decided {result.decision!r} (--force trains).")
@@ -301,7 +331,8 @@ def study_run(
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     try:  # from here on, a failure is a bug to read in full: its traceback is kept
-        left = run_studies(names, budget_minutes, say=typer.echo)
+        with _sigterm_exits():
+            left = run_studies(names, budget_minutes, say=typer.echo)
     except StudyRunBusy as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
