@@ -136,21 +136,26 @@ def seconds_per_flop(
 
 def head_factor(root: Path, head: str, precision: str | None, backbone: str | None) -> float:
     """How fast this head's cells ran per FLOP against the other cells of their CPU, precision
-    and backbone (median of its records' ratios, on any CPU): FLOPs are not all alike (a
-    3x3 convolution on 10 x 10 maps runs more of them a second than the trunk does), so a
-    cell is sized at its CPU's rate times this. 1 without a comparable record."""
+    and backbone (median of its records' ratios: on a CPU like this one when it has any,
+    else on any CPU): FLOPs are not all alike (a 3x3 convolution on 10 x 10 maps runs more
+    of them a second than the trunk does), and how unlike differs between CPUs, so a cell
+    is sized at its CPU's rate times this. 1 without a comparable record."""
     default_backbone = RunConfig.model_fields["backbone"].default
     kind = (precision or "", backbone or default_backbone)
     rates = _record_rates(root)
     groups: dict[tuple, list[float]] = {}
     for rate in rates:
         groups.setdefault((rate.machine, rate.kind), []).append(rate.rate)
-    ratios = []
+    ratios, here = [], []
     for rate in rates:
         others = groups[rate.machine, rate.kind]
         if rate.head == head and rate.kind == kind and len(others) > 1:
             ratios.append(rate.rate / statistics.median(others))
-    return statistics.median(ratios) if ratios else 1.0
+            model, flags = rate.machine
+            if _same_cpu({records.CPU_MODEL: model, records.CPU_FLAGS: flags}):
+                here.append(ratios[-1])
+    chosen = here or ratios
+    return statistics.median(chosen) if chosen else 1.0
 
 
 @functools.cache

@@ -258,3 +258,25 @@ def test_a_head_whose_flops_run_faster_is_sized_by_its_records_ratio(tmp_path):
     assert study_state.head_factor(tmp_path, "gap", "float32", None) == pytest.approx(30 / 45)
     assert study_state.head_factor(tmp_path, "fc", "float32", None) == pytest.approx(60 / 45)
     assert study_state.head_factor(tmp_path, "avgpool", "float32", None) == 1.0  # no record
+
+
+def test_a_heads_factor_comes_from_this_cpus_records_when_it_has_some(tmp_path, monkeypatch):
+    # Another CPU ran gap's FLOPs fast (30 s against fc's 60 s); this one, on seed 0, slow
+    # (60 s against 30 s): this CPU's own ratio sizes its cells, 60 / 45, not 30 / 45.
+    from gap_models import records
+
+    _write_study(tmp_path)
+    for path in records_dir(tmp_path, "synthetic").glob("[!d]*.json"):
+        record = read_record(path)
+        here = record.seed == 0
+        seconds = (30.0 if record.head == "gap" else 60.0) * (2 if here else 1)
+        if here and record.head == "fc":
+            seconds = 30.0
+        machine = {**record.machine, records.CPU_MODEL: "Here" if here else "Other"}
+        changed = dataclasses.replace(record, cell_seconds=seconds, machine=machine)
+        write_json_atomically(path, changed.to_json())
+    monkeypatch.setattr(study_state, "_same_cpu", lambda m: m[records.CPU_MODEL] == "Here")
+    assert study_state.head_factor(tmp_path, "gap", "float32", None) == pytest.approx(60 / 45)
+    monkeypatch.setattr(study_state, "_same_cpu", lambda m: False)  # a CPU without records
+    # The median of every CPU's ratios: 2/3 (seeds 1, 2 elsewhere) and 4/3 (seed 0 here).
+    assert study_state.head_factor(tmp_path, "gap", "float32", None) == pytest.approx(30 / 45)
