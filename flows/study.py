@@ -477,7 +477,7 @@ def chosen_cell(root: Path, name: str):
 
     studied = analyse_study(root, name)
     model = (
-        chosen_model(studied.analysis.evidence, studied.study.arms())
+        chosen_model(studied.analysis.evidence, studied.study.candidates())
         if studied.analysis is not None
         else None
     )
@@ -512,13 +512,16 @@ def chosen_lines(root: Path, name: str) -> tuple[list[str], str, float]:
     from gap_models.verdicts import target_call
 
     model, record, cell = chosen_cell(root, name)
+    study = load_study(root, name)
+    chosen_from = study.analysis.choose_from
+    arms_said = "the arms " + ", ".join(study.candidates()) if chosen_from else "its own arms"
     stale = ""
     if (model.arm, model.seed) in analyse_study(root, name).stale_cells:
         stale = f" (stale: {stale_reason([record])})"
     uri, store = logged_model_uri(model.run_id)
     lines = [
         f"study {name}: the one model chosen on validation (highest validation accuracy of "
-        f"every recorded cell of its own arms)",
+        f"every recorded cell of {arms_said})",
         f"  {model.arm} seed {model.seed}: validation {100 * model.validation:.2f} % "
         f"({model.validation_photos:,} photos)",
         f"  test accuracy {interval(model.test)} % on {model.test_photos:,} photos "
@@ -527,7 +530,7 @@ def chosen_lines(root: Path, name: str) -> tuple[list[str], str, float]:
         f"{record.recorded_at}, code version {record.code_version}{stale}, MLflow run "
         f"{model.run_id}",
     ]
-    target = load_study(root, name).analysis.target_test_accuracy
+    target = study.analysis.target_test_accuracy
     if target is not None:
         lines.append(f"  {target_call(model, target).replace('**', '')}")
     if uri:

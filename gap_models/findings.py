@@ -9,7 +9,7 @@ import math
 
 from gap_models.claims import claims
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
-from gap_models.verdicts import Analysis, chosen_arm, convergence, points, verdict
+from gap_models.verdicts import Analysis, among, chosen_arm, convergence, points, verdict
 
 NOTE = (
     "Accuracy intervals are 95% percentile intervals of a two-level bootstrap (seeds, then "
@@ -167,10 +167,14 @@ def verdict_line(analysis: Analysis) -> str:
         sign = 1 if d.arm_a == best.arm else -1
         call = verdict(d, sign > 0)
         parts.append(f"{other} by {points(sign * d.difference)} points ({call})")
-    against = "; ".join(parts) if parts else "no pairwise test in this plan"
+    declared = any(best.arm in pair for pair in analysis.plan.family)
+    untested = (
+        "none tested yet (an arm has no record)" if declared else "no pairwise test in this plan"
+    )
+    against = "; ".join(parts) if parts else untested
     ranked = "" if chosen.every_seed else f" on {seed_list(chosen.seeds)}, which every arm has"
     return (
-        f"Chosen on validation: **{best.arm}** (mean validation accuracy "
+        f"Chosen on validation{among(analysis)}: **{best.arm}** (mean validation accuracy "
         f"{_pct(chosen.validation)} %{ranked}), test accuracy {interval(best.test)} %. "
         f"Against the others (Holm-adjusted): {against}."
     )

@@ -69,6 +69,9 @@ class Analysis(BaseModel):
     # the lower end of its exact 95% interval clears it.
     target_test_accuracy: float | None = Field(None, gt=0, lt=1)
     figures: list[Figure] = Field(default_factory=lambda: ["forest", "accuracies", "curves"])
+    # The arms the study hands a user its chosen arm and model from (empty: every arm of its
+    # own grid): a learning curve's smaller training fractions are handicaps no one picks.
+    choose_from: list[str] = Field(default_factory=list)
     # Another study whose records of the same arms and seeds join this analysis, labelled
     # "<arm>@<baseline>" (paired by seed and photo: both must use the same data), so that
     # the family can test this study's cells against that study's.
@@ -118,6 +121,10 @@ class Study(BaseModel):
         unknown = sorted(set(named) - labels)
         if unknown:
             raise ValueError(f"analysis names arms {unknown}; this grid has {sorted(labels)}")
+        own = self.arms()
+        unknown = sorted(set(self.analysis.choose_from) - set(own))
+        if unknown:
+            raise ValueError(f"analysis.choose_from names {unknown}; this grid's arms are {own}")
         return self
 
     def varying(self) -> list[str]:
@@ -146,6 +153,12 @@ class Study(BaseModel):
     def arms(self) -> list[str]:
         """Arm labels in grid order."""
         return list(dict.fromkeys(cell.arm for cell in self.cells(Path("."))))
+
+    def candidates(self) -> list[str]:
+        """The arms its chosen arm and model are picked from, in grid order: those of
+        ``analysis.choose_from``, or every arm of its own grid (never a baseline's)."""
+        chosen = self.analysis.choose_from
+        return [arm for arm in self.arms() if not chosen or arm in chosen]
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ def _analyse_study(root: Path, name: str, _fingerprint: tuple) -> StudyEvidence:
     declared = study.analysis
     plan = Plan(
         declared.family, declared.equivalence, declared.margin, declared.bootstrap_draws,
-        declared.target_val_accuracy,
+        declared.target_val_accuracy, study.candidates(),
     )  # fmt: skip
     return StudyEvidence(
         study, present, missing, analyse(evidence, plan), baseline,

@@ -20,7 +20,7 @@ from gap_models.provenance import code_version
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
 from gap_models.studies import study_names
 from gap_models.study_report import StudyEvidence, analyse_study
-from gap_models.verdicts import chosen_arm, chosen_model, points, target_call
+from gap_models.verdicts import among, chosen_arm, chosen_model, points, target_call
 
 NAME = "verdict"
 FIGURE = "capacity_across_studies.png"
@@ -68,18 +68,18 @@ def _findings(studied: StudyEvidence) -> list[str]:
     analysis = studied.analysis
     if analysis is None:
         return ["nothing trained yet."]
-    chosen = chosen_arm(analysis, studied.study.arms())
+    chosen = chosen_arm(analysis)
     best = chosen.summary
     few = (
         " (fewer than 3 seeds: photo sampling only)" if best.seeds < MIN_SEEDS_FOR_INTERVAL else ""
     )
     ranked = "" if chosen.every_seed else f" on {seed_list(chosen.seeds)}, which every arm has"
     lines = [
-        f"chosen on validation: **{best.arm}** (mean validation accuracy "
+        f"chosen on validation{among(analysis)}: **{best.arm}** (mean validation accuracy "
         f"{100 * chosen.validation:.2f} %{ranked}), test accuracy {interval(best.test)} %, "
         f"{_seeds(best.seeds)}{few}{_against_runner_up(analysis, best.arm, chosen.runner_up)}."
     ]
-    model = chosen_model(analysis.evidence, studied.study.arms())
+    model = chosen_model(analysis.evidence, analysis.plan.candidates)
     if model is not None:
         other = (
             " (the best single cell: it need not belong to the arm with the best mean)"
@@ -87,7 +87,8 @@ def _findings(studied: StudyEvidence) -> list[str]:
             else ""
         )
         lines.append(
-            f"the one model to use, chosen on validation: {model.arm} seed {model.seed} "
+            f"the one model to use, chosen on validation{among(analysis)}: {model.arm} seed "
+            f"{model.seed} "
             f"(validation {100 * model.validation:.2f} %){other}, test accuracy "
             f"{interval(model.test)} % ({model.test_photos} photos, exact binomial); on photos "
             f"no run saw: `compare-heads study best {studied.study.name} --score SOURCE`."

@@ -31,6 +31,8 @@ class Plan:
     margin: float = 0.01
     draws: int = 4000
     target_val_accuracy: float = 0.8
+    # The arms a user may be handed, chosen on validation (None: every arm analysed).
+    candidates: list[str] | None = None
 
     @classmethod
     def every_pair(cls, arms: list[str]) -> Plan:
@@ -322,7 +324,9 @@ class ChosenArm:
 
 
 def chosen_arm(analysis: Analysis, arms: list[str] | None = None) -> ChosenArm:
-    """The arm of ``arms`` (default: every arm analysed) chosen on validation."""
+    """The arm of ``arms`` (default: the plan's candidates, else every arm analysed) chosen
+    on validation."""
+    arms = arms if arms is not None else analysis.plan.candidates
     summaries = [s for s in analysis.arms if arms is None or s.arm in arms] or analysis.arms
     evidence = analysis.evidence
     common = evidence.common_seeds(*(s.arm for s in summaries))
@@ -338,6 +342,17 @@ def chosen_arm(analysis: Analysis, arms: list[str] | None = None) -> ChosenArm:
         ranked[0], validation(ranked[0]), tuple(common), every or not common,
         ranked[1].arm if len(ranked) > 1 else None,
     )  # fmt: skip
+
+
+def among(analysis: Analysis) -> str:
+    """ " among A, B" when the plan's candidates are fewer than the arms analysed (so a
+    reader sees which arms the choice was made from), else ""."""
+    candidates = analysis.plan.candidates
+    if candidates is None or set(analysis.evidence.arms) <= set(candidates):
+        return ""
+    unrecorded = [arm for arm in candidates if arm not in analysis.evidence.arms]
+    later = f" ({', '.join(unrecorded)} not recorded yet)" if unrecorded else ""
+    return " among " + ", ".join(candidates) + later
 
 
 def target_call(model: ChosenModel, target: float) -> str:

@@ -3,6 +3,7 @@ section of docs/RESULTS.md is exactly what its study's records render to."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -341,6 +342,51 @@ def test_the_model_a_study_hands_over_is_chosen_on_validation_never_on_test(tmp_
     assert "the one model to use, chosen on validation: fc seed 1 (validation 100.00 %)" in verdict
     section, _ = render(tmp_path, "synthetic", ".", draw=False)
     assert "Chosen on validation: **fc**" in section
+
+
+def test_a_study_hands_over_only_from_the_arms_it_declares(tmp_path):
+    """`choose_from` limits the arm and the one model a study hands over (a learning curve's
+    smaller fractions are handicaps): a cell outside it, best on validation, is not chosen,
+    and the answer names the arms the choice was made from. Unknown arms are refused."""
+    from flows.study import chosen_cell
+    from gap_models.study_verdict import render_verdict
+
+    asked = STUDY.replace('source = "photos"', 'source = "photos"\nquestion = "Is gap better?"')
+    asked = asked.replace("[analysis]", "train_fraction = [0.5, 1.0]\n\n[analysis]")
+    asked = asked.replace('[["gap", "fc"]]', '[["gap/1.0", "fc/1.0"]]')
+    declared = asked.replace(
+        "bootstrap_draws", 'choose_from = ["fc/1.0", "gap/1.0"]\nbootstrap_draws'
+    )
+    _write_study(tmp_path, text=declared)
+    data = read_data_file(data_path(tmp_path, "synthetic", "d1"))
+    path = record_path(tmp_path, "synthetic", "fc-0.5-seed1")
+    record = read_record(path)  # the half-data arm: right on every validation photo
+    truth = data.labels["validation"]
+    record.predictions["validation"] = np.where(truth == 1, 0.9, 0.1).astype(np.float32)
+    write_json_atomically(path, record.to_json())
+
+    model, _, cell = chosen_cell(tmp_path, "synthetic")
+    assert model.arm in ("fc/1.0", "gap/1.0") and cell.settings["train_fraction"] == 1.0
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert "chosen on validation among fc/1.0, gap/1.0: **" in verdict
+    assert "the one model to use, chosen on validation among fc/1.0, gap/1.0:" in verdict
+
+    section, _ = render(tmp_path, "synthetic", ".", draw=False)
+    assert re.search(r"Against the others \(Holm-adjusted\): (fc|gap)/1\.0 by", section)
+    for seed in (0, 1, 2):  # the runner-up not recorded: its declared test not run yet
+        record_path(tmp_path, "synthetic", f"gap-1.0-seed{seed}").unlink()
+    section, _ = render(tmp_path, "synthetic", ".", draw=False)
+    assert "Against the others (Holm-adjusted): none tested yet (an arm has no record)" in section
+    assert "Chosen on validation among fc/1.0, gap/1.0 (gap/1.0 not recorded yet): **fc/1.0**" in (
+        section
+    )
+
+    (tmp_path / "studies" / "synthetic.toml").write_text(asked)  # no choose_from: every arm
+    model, _, _ = chosen_cell(tmp_path, "synthetic")
+    assert (model.arm, model.seed) == ("fc/0.5", 1)
+    (tmp_path / "studies" / "synthetic.toml").write_text(declared.replace('"gap/1.0"]', '"gap"]'))
+    with pytest.raises(ValueError, match=r"analysis.choose_from names \['gap'\]"):
+        load_study(tmp_path, "synthetic")
 
 
 @pytest.mark.parametrize("name", study_names(ROOT))
