@@ -9,7 +9,22 @@ import math
 
 from gap_models.claims import claims
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
-from gap_models.verdicts import Analysis, among, chosen_arm, convergence, points, verdict
+from gap_models.verdicts import (
+    HOLDS_WITHOUT,
+    NOT_REPRODUCED,
+    ONLY_WITH,
+    REVERSED_WITHOUT,
+    UNTESTED_WITHOUT,
+    VALIDATION,
+    Analysis,
+    OrderingStep,
+    among,
+    chosen_arm,
+    convergence,
+    points,
+    protocol_effect,
+    verdict,
+)
 
 NOTE = (
     "Accuracy intervals are 95% percentile intervals of a two-level bootstrap (seeds, then "
@@ -211,3 +226,117 @@ def analysis_markdown(analysis: Analysis, heading: str = "##") -> str:
     if analysis.evidence.missing:
         sections += [f"Not yet recorded: {', '.join(analysis.evidence.missing)}.", ""]
     return "\n".join(sections)
+
+
+def _points_interval(estimate: float, low: float, high: float) -> str:
+    return f"{points(estimate)} [{points(low)}, {points(high)}]"
+
+
+def ordering_table(steps: list[OrderingStep], baseline: str) -> str:
+    """Each declared step with the study's protocol and with fresh backbones (the baseline
+    study's own tests), and what follows."""
+    rows = []
+    for s in steps:
+        here = _points_interval(s.here.difference, s.here.low, s.here.high)
+        without, said = "not tested", ""
+        if s.baseline is not None:
+            without, said = _points_interval(*s.baseline_difference), call(s.baseline)
+        rows.append([f"{s.above} > {s.below}", here, call(s.here), without, said, s.origin])
+    return _table(
+        ["step (A above B)", "with the protocol, A - B points", "verdict",
+         f"fresh backbones (`{baseline}`, its own seeds and Holm family), A - B points",
+         "verdict", "so"],
+        rows,
+    )  # fmt: skip
+
+
+def published_table(analysis: Analysis, published: dict[str, float], baseline: str) -> str:
+    """The source's published validation accuracy of each arm (one run) beside ours, with
+    the protocol and with fresh backbones: our mean (95% interval), our seeds' range, and
+    where the published run falls among our runs."""
+    summaries = {s.arm: s for s in analysis.arms}
+    rows = []
+    for arm, figure in published.items():
+        cells = [arm, f"{100 * figure:.1f}"]
+        for label in (arm, f"{arm}@{baseline}"):
+            summary = summaries.get(label)
+            if summary is None:
+                cells.append("not recorded")
+                continue
+            runs = [c.mean() for c in analysis.evidence.arms[label].correct[VALIDATION]]
+            cells.append(
+                f"{interval(summary.validation)}; seeds {100 * min(runs):.2f} to "
+                f"{100 * max(runs):.2f} ({_where(figure, runs)})"
+            )
+        rows.append(cells)
+    return _table(
+        ["arm", "published validation accuracy %, one run",
+         "ours with the protocol: validation %, mean [95%]",
+         f"ours with fresh backbones (`{baseline}`)"],
+        rows,
+    )  # fmt: skip
+
+
+def _where(figure: float, runs: list[float]) -> str:
+    """Where one published run falls among ours (single runs on both sides)."""
+    if figure < min(runs):
+        return "published: below every run of ours"
+    if figure > max(runs):
+        return "published: above every run of ours"
+    return "published: among our runs"
+
+
+def ordering_summary(analysis: Analysis, steps: list[OrderingStep], baseline: str) -> str:
+    """One plain sentence: whether the study's protocol reproduces its declared ordering,
+    and which steps hold with a fresh backbone for every head (study ``baseline``), which
+    are shown only with the protocol, and, where the protocol measurably moved a head of
+    such a step against its fresh-backbone self, that they came from it."""
+    if not steps:
+        return ""
+
+    def named(kind: str) -> list[OrderingStep]:
+        return [s for s in steps if s.origin == kind]
+
+    missed = named(NOT_REPRODUCED)
+    parts = [
+        "with the protocol it is reproduced (every step significant)"
+        if not missed
+        else "with the protocol not shown: " + ", ".join(_step(s) for s in missed)
+    ]
+    held = named(HOLDS_WITHOUT)
+    if held:
+        parts.append(
+            f"{', '.join(_step(s) for s in held)} also with a fresh backbone for every head "
+            "(not from the protocol)"
+        )
+    for s in named(ONLY_WITH):
+        parts.append(f"{_step(s)} not shown with fresh backbones{_cause(analysis, s, baseline)}")
+    for s in named(REVERSED_WITHOUT):
+        parts.append(f"{_step(s)} reversed with fresh backbones{_cause(analysis, s, baseline)}")
+    untested = named(UNTESTED_WITHOUT)
+    if untested:
+        parts.append(", ".join(_step(s) for s in untested) + " not tested with fresh backbones")
+    return f"the declared ordering against `{baseline}`'s fresh backbones: " + "; ".join(parts)
+
+
+def _step(s: OrderingStep) -> str:
+    return f"{s.above} > {s.below}"
+
+
+def _cause(analysis: Analysis, s: OrderingStep, baseline: str) -> str:
+    """ ": it came from the protocol, which lifted A by x points (or sank B)" where the
+    family's test of that head against its fresh-backbone self is significant that way;
+    else ": shown only with the protocol"."""
+    lift = protocol_effect(analysis, s.above, baseline)
+    if lift is not None and lift[3] and lift[0] > 0:
+        return (
+            f": it came from the protocol, which lifted {s.above} by "
+            f"{_points_interval(*lift[:3])} points against a fresh backbone (significant)"
+        )
+    sink = protocol_effect(analysis, s.below, baseline)
+    if sink is not None and sink[3] and sink[0] < 0:
+        return (
+            f": it came from the protocol, which sank {s.below} by "
+            f"{_points_interval(*sink[:3])} points against a fresh backbone (significant)"
+        )
+    return ", and neither head measurably moved by the protocol against a fresh backbone"

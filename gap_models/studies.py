@@ -72,6 +72,9 @@ class Analysis(BaseModel):
     # The arms the study hands a user its chosen arm and model from (empty: every arm of its
     # own grid): a learning curve's smaller training fractions are handicaps no one picks.
     choose_from: list[str] = Field(default_factory=list)
+    # Validation accuracies a source published for these arms (the article's, one run each,
+    # on its own data and split): shown beside ours, never tested (no interval to test).
+    published: dict[str, float] = Field(default_factory=dict)
     # Another study whose records of the same arms and seeds join this analysis, labelled
     # "<arm>@<baseline>" (paired by seed and photo: both must use the same data), so that
     # the family can test this study's cells against that study's.
@@ -122,9 +125,15 @@ class Study(BaseModel):
         if unknown:
             raise ValueError(f"analysis names arms {unknown}; this grid has {sorted(labels)}")
         own = self.arms()
-        unknown = sorted(set(self.analysis.choose_from) - set(own))
-        if unknown:
-            raise ValueError(f"analysis.choose_from names {unknown}; this grid's arms are {own}")
+        for field_name in ("choose_from", "published"):
+            unknown = sorted(set(getattr(self.analysis, field_name)) - set(own))
+            if unknown:
+                raise ValueError(
+                    f"analysis.{field_name} names {unknown}; this grid's arms are {own}"
+                )
+        bad = {arm: v for arm, v in self.analysis.published.items() if not 0 < v < 1}
+        if bad:
+            raise ValueError(f"analysis.published: accuracies are fractions in (0, 1), not {bad}")
         return self
 
     def varying(self) -> list[str]:

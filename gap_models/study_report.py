@@ -18,7 +18,12 @@ from matplotlib.figure import Figure
 from gap_models import records
 from gap_models.analysis_plots import FIGURES
 from gap_models.evidence import from_records
-from gap_models.findings import analysis_markdown
+from gap_models.findings import (
+    analysis_markdown,
+    ordering_summary,
+    ordering_table,
+    published_table,
+)
 from gap_models.provenance import code_version
 from gap_models.studies import Study, load_study, studies_dir
 from gap_models.study_records import (
@@ -29,7 +34,7 @@ from gap_models.study_records import (
     record_path,
     records_dir,
 )
-from gap_models.verdicts import Analysis, Plan, analyse
+from gap_models.verdicts import Analysis, OrderingStep, Plan, analyse, ordering_steps
 
 RESULTS = Path("docs") / "RESULTS.md"
 
@@ -233,6 +238,38 @@ def _baseline_provenance(studied: StudyEvidence) -> list[str]:
     return [text]
 
 
+def ordering_steps_of(root: Path, studied: StudyEvidence) -> list[OrderingStep]:
+    """The study's declared ordering with its protocol and without it, from its baseline
+    study's own tests (none without a baseline or records)."""
+    name = studied.study.analysis.baseline
+    if not name or studied.analysis is None:
+        return []
+    return ordering_steps(studied.analysis, analyse_study(root, name).analysis)
+
+
+def _ordering_section(root: Path, studied: StudyEvidence) -> list[str]:
+    steps = ordering_steps_of(root, studied)
+    if not steps:
+        return []
+    name = studied.study.analysis.baseline
+    summary = ordering_summary(studied.analysis, steps, name)
+    published = studied.study.analysis.published
+    table = published_table(studied.analysis, published, name) if published else ""
+    said = (
+        ["The figures the source published (one run each, on its own data, validation split "
+         "and hardware: a comparison of levels, not a test), beside ours:", "", table]
+        if table else []
+    )  # fmt: skip
+    return [
+        "#### With the protocol and without it (the declared ordering)",
+        "",
+        summary[0].upper() + summary[1:] + ".",
+        "",
+        ordering_table(steps, name),
+        *said,
+    ]
+
+
 def render(
     root: Path,
     name: str,
@@ -259,6 +296,7 @@ def render(
         f"`compare-heads study report {name}`.",
         "",
         analysis_markdown(analysis, "####"),
+        *_ordering_section(root, studied),
         *links,
         "",
     ]

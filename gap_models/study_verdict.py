@@ -14,12 +14,12 @@ from matplotlib.figure import Figure
 
 from gap_models.architecture import HEADS
 from gap_models.config import RunConfig
-from gap_models.findings import call, equivalence_call, interval, seed_list
+from gap_models.findings import call, equivalence_call, interval, ordering_summary, seed_list
 from gap_models.plots import _finish
 from gap_models.provenance import code_version
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
 from gap_models.studies import study_names
-from gap_models.study_report import StudyEvidence, analyse_study
+from gap_models.study_report import StudyEvidence, analyse_study, ordering_steps_of
 from gap_models.verdicts import among, chosen_arm, chosen_model, points, target_call
 
 NAME = "verdict"
@@ -64,7 +64,7 @@ def _seeds(count: int) -> str:
     return f"{count} seed{'s' if count != 1 else ''}"
 
 
-def _findings(studied: StudyEvidence) -> list[str]:
+def _findings(root: Path, studied: StudyEvidence) -> list[str]:
     analysis = studied.analysis
     if analysis is None:
         return ["nothing trained yet."]
@@ -74,7 +74,10 @@ def _findings(studied: StudyEvidence) -> list[str]:
         " (fewer than 3 seeds: photo sampling only)" if best.seeds < MIN_SEEDS_FOR_INTERVAL else ""
     )
     ranked = "" if chosen.every_seed else f" on {seed_list(chosen.seeds)}, which every arm has"
-    lines = [
+    steps = ordering_steps_of(root, studied)  # a study against a baseline: its answer first
+    name = studied.study.analysis.baseline
+    lines = [f"{ordering_summary(analysis, steps, name)}." for _ in steps[:1]]
+    lines += [
         f"chosen on validation{among(analysis)}: **{best.arm}** (mean validation accuracy "
         f"{100 * chosen.validation:.2f} %{ranked}), test accuracy {interval(best.test)} %, "
         f"{_seeds(best.seeds)}{few}{_against_runner_up(analysis, best.arm, chosen.runner_up)}."
@@ -193,7 +196,7 @@ def render_verdict(root: Path, figure_folder: str, draw: bool = True) -> tuple[s
             f"**{number}. {s.study.question}** Study `{s.study.name}` (its section below): "
             f"{status}. {word}:",
             "",
-            *[f"- {line}" for line in _findings(s)],
+            *[f"- {line}" for line in _findings(root, s)],
             "",
         ]
     lines += [f"![{FIGURE}]({figure_folder}/{FIGURE})", ""]

@@ -406,3 +406,70 @@ def verdict(d: statistics.Difference, claimed_positive: bool = True) -> str:
 def points(value: float) -> str:
     """An accuracy difference in percentage points."""
     return f"{100 * value:+.2f}" if not math.isnan(value) else "n/a"
+
+
+HOLDS_WITHOUT = "holds without the protocol"
+ONLY_WITH = "shown only with the protocol"
+REVERSED_WITHOUT = "reversed without the protocol"
+NOT_REPRODUCED = "not shown with the protocol"
+UNTESTED_WITHOUT = "not tested without the protocol"
+
+
+@dataclass(frozen=True)
+class OrderingStep:
+    """One step of the ordering a study with a baseline declares (its family's pairs of its
+    own arms, ``above`` claimed better than ``below``): as its family tested it under the
+    study's protocol, and as the baseline study's own pre-registered family tested the same
+    heads without it (None: the baseline does not test that pair)."""
+
+    above: str
+    below: str
+    here: statistics.Difference
+    baseline: statistics.Difference | None
+    baseline_sign: int = 1  # -1 when the baseline tested below - above
+
+    @property
+    def baseline_difference(self) -> tuple[float, float, float]:
+        """above - below without the protocol: estimate and interval."""
+        d = self.baseline
+        if self.baseline_sign > 0:
+            return d.difference, d.low, d.high
+        return -d.difference, -d.high, -d.low
+
+    @property
+    def origin(self) -> str:
+        """Whether the step came from the protocol: held both ways, shown only with it,
+        reversed without it, not shown with it, or not tested without it."""
+        if verdict(self.here) != SUPPORTED:
+            return NOT_REPRODUCED
+        if self.baseline is None:
+            return UNTESTED_WITHOUT
+        without = verdict(self.baseline, self.baseline_sign > 0)
+        return {SUPPORTED: HOLDS_WITHOUT, NOT_SUPPORTED: REVERSED_WITHOUT}.get(without, ONLY_WITH)
+
+
+def ordering_steps(analysis: Analysis, baseline: Analysis | None) -> list[OrderingStep]:
+    """Each tested pair of a study's own arms (none of them a baseline's "<arm>@<name>"),
+    beside the baseline study's test of the same two heads (either way round)."""
+    tested = {(b.arm_a, b.arm_b): b for b in (baseline.family if baseline is not None else [])}
+    steps = []
+    for d in analysis.family:
+        if "@" in d.arm_a or "@" in d.arm_b:
+            continue
+        forward, backward = tested.get((d.arm_a, d.arm_b)), tested.get((d.arm_b, d.arm_a))
+        found, sign = (forward, 1) if forward is not None else (backward, -1)
+        steps.append(OrderingStep(d.arm_a, d.arm_b, d, found, sign if found else 1))
+    return steps
+
+
+def protocol_effect(
+    analysis: Analysis, arm: str, baseline: str
+) -> tuple[float, float, float, bool] | None:
+    """``arm`` - ``arm@baseline`` as the study's family tested it (estimate, interval,
+    significant), None when not tested: what the protocol did to that head."""
+    for d in analysis.family:
+        if (d.arm_a, d.arm_b) == (arm, f"{arm}@{baseline}"):
+            return d.difference, d.low, d.high, d.significant
+        if (d.arm_a, d.arm_b) == (f"{arm}@{baseline}", arm):
+            return -d.difference, -d.high, -d.low, d.significant
+    return None

@@ -289,6 +289,70 @@ def test_a_baseline_studys_cells_join_the_family_paired_by_seed_and_photo(tmp_pa
         load_study(tmp_path, "bad")
 
 
+def _right_on_every_photo(root: Path, study: str, stem: str, like: str | None = None) -> None:
+    """Make record ``stem`` right on every validation and test photo, or (``like``) a copy of
+    record ``like``'s predictions: the same model, right and wrong on the same photos."""
+    data = read_data_file(data_path(root, study, "d1"))
+    record = read_record(record_path(root, study, stem))
+    for split in ("validation", "test"):
+        if like is None:
+            truth = data.labels[split]
+            record.predictions[split] = np.where(truth == 1, 0.9, 0.1).astype(np.float32)
+        else:
+            record.predictions[split] = read_record(record_path(root, study, like)).predictions[
+                split
+            ]
+    write_json_atomically(record_path(root, study, stem), record.to_json())
+
+
+def test_a_protocols_ordering_is_set_against_its_baselines_fresh_backbones(tmp_path):
+    """A study with a baseline says, step by step, whether its declared ordering holds with
+    its protocol, and whether it also holds with fresh backbones (the baseline's own tests)
+    or came from the protocol (a head it measurably lifted); the source's published figures
+    stand beside ours, placed among our runs."""
+    import shutil
+
+    from gap_models.study_verdict import render_verdict
+
+    asked = STUDY.replace('source = "photos"', 'source = "photos"\nquestion = "Chain?"')
+    _write_study(tmp_path, text=asked)
+    (tmp_path / "studies" / "base.toml").write_text(STUDY)
+    shutil.copytree(
+        tmp_path / "studies" / "synthetic" / "records", tmp_path / "studies" / "base" / "records"
+    )
+    chained = asked.replace(
+        'family = [["gap", "fc"]]',
+        'family = [["gap", "fc"], ["gap", "gap@base"], ["fc", "fc@base"]]\nbaseline = "base"\n'
+        "published = { gap = 0.5, fc = 0.99 }",
+    )
+    (tmp_path / "studies" / "synthetic.toml").write_text(chained)
+    for seed in (0, 1, 2):  # with the protocol gap is right everywhere; fresh, it is fc's twin
+        _right_on_every_photo(tmp_path, "synthetic", f"gap-seed{seed}")
+        _right_on_every_photo(tmp_path, "base", f"gap-seed{seed}", like=f"fc-seed{seed}")
+    section, _ = render(tmp_path, "synthetic", "x", draw=False)
+    assert (
+        "gap > fc not shown with fresh backbones: it came from the protocol, which lifted gap by "
+        in section
+    )
+    assert "| gap > fc | +" in section and "| significant | +0.00 [+0.00, +0.00] |" in section
+    assert "| gap | 50.0 |" in section and "published: below every run of ours" in section
+    assert "published: above every run of ours" in section  # fc's 99 %
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert "- the declared ordering against `base`'s fresh backbones: with the protocol it is " in (
+        verdict
+    )
+
+    for seed in (0, 1, 2):  # fresh backbones: gap right everywhere too, so the protocol did nothing
+        _right_on_every_photo(tmp_path, "base", f"gap-seed{seed}")
+    section, _ = render(tmp_path, "synthetic", "x", draw=False)
+    assert "gap > fc also with a fresh backbone for every head (not from the protocol)" in section
+    assert "holds without the protocol" in section
+
+    with pytest.raises(ValueError, match="analysis.published names"):
+        (tmp_path / "studies" / "bad.toml").write_text(chained.replace("gap = 0.5", "avg = 0.5"))
+        load_study(tmp_path, "bad")
+
+
 def test_report_without_a_name_writes_every_section_its_figures_and_the_answer(tmp_path):
     from flows.study import report_study
     from gap_models.study_verdict import FIGURE, committed_verdict
