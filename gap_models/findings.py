@@ -13,6 +13,7 @@ from gap_models.verdicts import (
     HOLDS_WITHOUT,
     NOT_REPRODUCED,
     ONLY_WITH,
+    REVERSED_WITH,
     REVERSED_WITHOUT,
     UNTESTED_WITHOUT,
     VALIDATION,
@@ -22,7 +23,6 @@ from gap_models.verdicts import (
     chosen_arm,
     convergence,
     points,
-    protocol_effect,
     verdict,
 )
 
@@ -232,90 +232,66 @@ def _points_interval(estimate: float, low: float, high: float) -> str:
     return f"{points(estimate)} [{points(low)}, {points(high)}]"
 
 
+def _difference(d) -> str:
+    return _points_interval(d.difference, d.low, d.high)
+
+
 def ordering_table(steps: list[OrderingStep], baseline: str) -> str:
     """Each declared step with the study's protocol and with fresh backbones (the baseline
-    study's own tests), and what follows."""
+    study's own tests), the protocol's interaction with it, and where the step stands."""
     rows = []
     for s in steps:
-        here = _points_interval(s.here.difference, s.here.low, s.here.high)
         without, said = "not tested", ""
         if s.baseline is not None:
             without, said = _points_interval(*s.baseline_difference), call(s.baseline)
-        rows.append([f"{s.above} > {s.below}", here, call(s.here), without, said, s.origin])
+        moved = "not recorded"
+        if s.interaction is not None:
+            moved = f"{_difference(s.interaction)}, p {s.interaction.p_value:.3g}"
+        rows.append(
+            [f"{s.above} > {s.below}", _difference(s.here), call(s.here), without, said, moved,
+             s.origin]
+        )  # fmt: skip
     return _table(
         ["step (A above B)", "with the protocol, A - B points", "verdict",
          f"fresh backbones (`{baseline}`, its own seeds and Holm family), A - B points",
-         "verdict", "so"],
+         "verdict",
+         "the protocol moved A more than B by, points (exploratory, unadjusted)", "so"],
         rows,
     )  # fmt: skip
 
 
-def published_table(analysis: Analysis, published: dict[str, float], baseline: str) -> str:
-    """The source's published validation accuracy of each arm (one run) beside ours, with
-    the protocol and with fresh backbones: our mean (95% interval), our seeds' range, and
-    where the published run falls among our runs."""
-    summaries = {s.arm: s for s in analysis.arms}
-    rows = []
-    for arm, figure in published.items():
-        cells = [arm, f"{100 * figure:.1f}"]
-        for label in (arm, f"{arm}@{baseline}"):
-            summary = summaries.get(label)
-            if summary is None:
-                cells.append("not recorded")
-                continue
-            runs = [c.mean() for c in analysis.evidence.arms[label].correct[VALIDATION]]
-            cells.append(
-                f"{interval(summary.validation)}; seeds {100 * min(runs):.2f} to "
-                f"{100 * max(runs):.2f} ({_where(figure, runs)})"
-            )
-        rows.append(cells)
-    return _table(
-        ["arm", "published validation accuracy %, one run",
-         "ours with the protocol: validation %, mean [95%]",
-         f"ours with fresh backbones (`{baseline}`)"],
-        rows,
-    )  # fmt: skip
-
-
-def _where(figure: float, runs: list[float]) -> str:
-    """Where one published run falls among ours (single runs on both sides)."""
-    if figure < min(runs):
-        return "published: below every run of ours"
-    if figure > max(runs):
-        return "published: above every run of ours"
-    return "published: among our runs"
-
-
-def ordering_summary(analysis: Analysis, steps: list[OrderingStep], baseline: str) -> str:
-    """One plain sentence: whether the study's protocol reproduces its declared ordering,
-    and which steps hold with a fresh backbone for every head (study ``baseline``), which
-    are shown only with the protocol, and, where the protocol measurably moved a head of
-    such a step against its fresh-backbone self, that they came from it."""
+def ordering_summary(steps: list[OrderingStep], baseline: str) -> str:
+    """One plain sentence: whether the study's protocol reproduces its declared ordering;
+    for each step it shows, whether the step's direction also holds with a fresh backbone
+    for every head (study ``baseline``'s own tests), and whether the protocol moved its
+    heads apart (the exploratory interaction): a step not shown with fresh backbones "came
+    from the protocol" only when the protocol measurably moved A more than B."""
     if not steps:
         return ""
-
-    def named(kind: str) -> list[OrderingStep]:
-        return [s for s in steps if s.origin == kind]
-
-    missed = named(NOT_REPRODUCED)
+    missed = [s for s in steps if s.origin in (NOT_REPRODUCED, REVERSED_WITH)]
     parts = [
         "with the protocol it is reproduced (every step significant)"
         if not missed
-        else "with the protocol not shown: " + ", ".join(_step(s) for s in missed)
-    ]
-    held = named(HOLDS_WITHOUT)
-    if held:
-        parts.append(
-            f"{', '.join(_step(s) for s in held)} also with a fresh backbone for every head "
-            "(not from the protocol)"
+        else "with the protocol "
+        + ", ".join(
+            f"{_step(s)} {'reversed' if s.origin == REVERSED_WITH else 'not shown'}" for s in missed
         )
-    for s in named(ONLY_WITH):
-        parts.append(f"{_step(s)} not shown with fresh backbones{_cause(analysis, s, baseline)}")
-    for s in named(REVERSED_WITHOUT):
-        parts.append(f"{_step(s)} reversed with fresh backbones{_cause(analysis, s, baseline)}")
-    untested = named(UNTESTED_WITHOUT)
-    if untested:
-        parts.append(", ".join(_step(s) for s in untested) + " not tested with fresh backbones")
+    ]
+    for s in steps:
+        if s.origin == HOLDS_WITHOUT:
+            parts.append(
+                f"{_step(s)} holds with a fresh backbone for every head too (its direction "
+                f"does not need the protocol){_widened(s)}"
+            )
+        elif s.origin == ONLY_WITH:
+            parts.append(_only_with(s))
+        elif s.origin == REVERSED_WITHOUT:
+            parts.append(
+                f"{_step(s)} reversed with fresh backbones "
+                f"({_points_interval(*s.baseline_difference)}): the protocol turned it round"
+            )
+        elif s.origin == UNTESTED_WITHOUT:
+            parts.append(f"{_step(s)} not tested with fresh backbones yet")
     return f"the declared ordering against `{baseline}`'s fresh backbones: " + "; ".join(parts)
 
 
@@ -323,20 +299,76 @@ def _step(s: OrderingStep) -> str:
     return f"{s.above} > {s.below}"
 
 
-def _cause(analysis: Analysis, s: OrderingStep, baseline: str) -> str:
-    """ ": it came from the protocol, which lifted A by x points (or sank B)" where the
-    family's test of that head against its fresh-backbone self is significant that way;
-    else ": shown only with the protocol"."""
-    lift = protocol_effect(analysis, s.above, baseline)
-    if lift is not None and lift[3] and lift[0] > 0:
+def _moved(s: OrderingStep) -> bool:
+    """The protocol measurably moved A more than B (exploratory, unadjusted)."""
+    i = s.interaction
+    return i is not None and i.p_value < 0.05 and i.difference > 0
+
+
+def _widened(s: OrderingStep) -> str:
+    if not _moved(s):
+        return ""
+    return (
+        f", though the protocol widened it by {_difference(s.interaction)} points (exploratory "
+        "test of the interaction, unadjusted)"
+    )
+
+
+def _only_with(s: OrderingStep) -> str:
+    """A step shown with the protocol, not with fresh backbones (neither shown nor excluded
+    there): "came from the protocol" only when the interaction says the protocol moved A
+    more than B."""
+    fresh = (
+        f"{_step(s)} not shown with fresh backbones ({_points_interval(*s.baseline_difference)})"
+    )
+    if _moved(s):
         return (
-            f": it came from the protocol, which lifted {s.above} by "
-            f"{_points_interval(*lift[:3])} points against a fresh backbone (significant)"
+            f"{fresh}: it came from the protocol, which moved {s.above} "
+            f"{_difference(s.interaction)} points more than {s.below} against their fresh "
+            f"backbones (p {s.interaction.p_value:.3g}; an exploratory test of the "
+            "interaction, not in the declared family, unadjusted)"
         )
-    sink = protocol_effect(analysis, s.below, baseline)
-    if sink is not None and sink[3] and sink[0] < 0:
-        return (
-            f": it came from the protocol, which sank {s.below} by "
-            f"{_points_interval(*sink[:3])} points against a fresh backbone (significant)"
-        )
-    return ", and neither head measurably moved by the protocol against a fresh backbone"
+    if s.interaction is None:
+        return f"{fresh}; the protocol's effect on these heads is not tested yet"
+    return (
+        f"{fresh}; that the protocol moved {s.above} more than {s.below} is not shown "
+        f"({_difference(s.interaction)} points, p {s.interaction.p_value:.3g}, exploratory)"
+    )
+
+
+def published_table(
+    analysis: Analysis, baseline_analysis: Analysis | None, published: dict[str, float],
+    baseline: str,
+) -> str:  # fmt: skip
+    """The source's published validation accuracy of each arm (one run) beside ours, with
+    the protocol and with fresh backbones (the baseline study's own records, all its seeds):
+    our mean (95% interval), our runs' range, and where the published run falls."""
+    rows = []
+    for arm, figure in published.items():
+        cells = [arm, f"{100 * figure:.1f}"]
+        for source in (analysis, baseline_analysis):
+            summary = next((a for a in source.arms if a.arm == arm), None) if source else None
+            if summary is None:
+                cells.append("not recorded")
+                continue
+            runs = [c.mean() for c in source.evidence.arms[arm].correct[VALIDATION]]
+            cells.append(
+                f"{interval(summary.validation)}; runs {100 * min(runs):.2f} to "
+                f"{100 * max(runs):.2f} ({_where(figure, runs)})"
+            )
+        rows.append(cells)
+    return _table(
+        ["arm", "published validation accuracy %, one run",
+         "ours with the protocol: validation %, mean [95%]",
+         f"ours with fresh backbones (`{baseline}`, all its seeds)"],
+        rows,
+    )  # fmt: skip
+
+
+def _where(figure: float, runs: list[float]) -> str:
+    """Where one published run falls among our runs of the same setup."""
+    if figure < min(runs):
+        return f"published: below each of our {len(runs)} runs"
+    if figure > max(runs):
+        return f"published: above each of our {len(runs)} runs"
+    return f"published: among our {len(runs)} runs"

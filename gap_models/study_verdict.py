@@ -76,7 +76,7 @@ def _findings(root: Path, studied: StudyEvidence) -> list[str]:
     ranked = "" if chosen.every_seed else f" on {seed_list(chosen.seeds)}, which every arm has"
     steps = ordering_steps_of(root, studied)  # a study against a baseline: its answer first
     name = studied.study.analysis.baseline
-    lines = [f"{ordering_summary(analysis, steps, name)}." for _ in steps[:1]]
+    lines = [f"{ordering_summary(steps, name)}." for _ in steps[:1]]
     lines += [
         f"chosen on validation{among(analysis)}: **{best.arm}** (mean validation accuracy "
         f"{100 * chosen.validation:.2f} %{ranked}), test accuracy {interval(best.test)} %, "

@@ -412,21 +412,26 @@ HOLDS_WITHOUT = "holds without the protocol"
 ONLY_WITH = "shown only with the protocol"
 REVERSED_WITHOUT = "reversed without the protocol"
 NOT_REPRODUCED = "not shown with the protocol"
-UNTESTED_WITHOUT = "not tested without the protocol"
+REVERSED_WITH = "reversed with the protocol"
+UNTESTED_WITHOUT = "not tested without the protocol yet"
 
 
 @dataclass(frozen=True)
 class OrderingStep:
     """One step of the ordering a study with a baseline declares (its family's pairs of its
     own arms, ``above`` claimed better than ``below``): as its family tested it under the
-    study's protocol, and as the baseline study's own pre-registered family tested the same
-    heads without it (None: the baseline does not test that pair)."""
+    study's protocol; as the baseline study's own pre-registered family tested the same
+    heads without it (None: not tested there, or not yet); and, exploratory, how much more
+    the protocol moved ``above`` than ``below`` (None: an arm not recorded)."""
 
     above: str
     below: str
     here: statistics.Difference
     baseline: statistics.Difference | None
     baseline_sign: int = 1  # -1 when the baseline tested below - above
+    # (above - above@baseline) - (below - below@baseline) on the seeds all four have, x
+    # photos: not in the declared family, so a single unadjusted test, said to be one.
+    interaction: statistics.Difference | None = None
 
     @property
     def baseline_difference(self) -> tuple[float, float, float]:
@@ -438,19 +443,21 @@ class OrderingStep:
 
     @property
     def origin(self) -> str:
-        """Whether the step came from the protocol: held both ways, shown only with it,
-        reversed without it, not shown with it, or not tested without it."""
-        if verdict(self.here) != SUPPORTED:
-            return NOT_REPRODUCED
+        """Where the step stands: with the protocol not shown or reversed; else, without
+        it, held, reversed, not shown, or not tested."""
+        here = verdict(self.here)
+        if here != SUPPORTED:
+            return REVERSED_WITH if here == NOT_SUPPORTED else NOT_REPRODUCED
         if self.baseline is None:
             return UNTESTED_WITHOUT
         without = verdict(self.baseline, self.baseline_sign > 0)
         return {SUPPORTED: HOLDS_WITHOUT, NOT_SUPPORTED: REVERSED_WITHOUT}.get(without, ONLY_WITH)
 
 
-def ordering_steps(analysis: Analysis, baseline: Analysis | None) -> list[OrderingStep]:
+def ordering_steps(analysis: Analysis, baseline: Analysis | None, name: str) -> list[OrderingStep]:
     """Each tested pair of a study's own arms (none of them a baseline's "<arm>@<name>"),
-    beside the baseline study's test of the same two heads (either way round)."""
+    beside the baseline study's test of the same two heads (either way round) and the
+    protocol's interaction with the step."""
     tested = {(b.arm_a, b.arm_b): b for b in (baseline.family if baseline is not None else [])}
     steps = []
     for d in analysis.family:
@@ -458,18 +465,35 @@ def ordering_steps(analysis: Analysis, baseline: Analysis | None) -> list[Orderi
             continue
         forward, backward = tested.get((d.arm_a, d.arm_b)), tested.get((d.arm_b, d.arm_a))
         found, sign = (forward, 1) if forward is not None else (backward, -1)
-        steps.append(OrderingStep(d.arm_a, d.arm_b, d, found, sign if found else 1))
+        steps.append(
+            OrderingStep(
+                d.arm_a,
+                d.arm_b,
+                d,
+                found,
+                sign if found else 1,
+                protocol_interaction(analysis, d.arm_a, d.arm_b, name),
+            )  # fmt: skip
+        )
     return steps
 
 
-def protocol_effect(
-    analysis: Analysis, arm: str, baseline: str
-) -> tuple[float, float, float, bool] | None:
-    """``arm`` - ``arm@baseline`` as the study's family tested it (estimate, interval,
-    significant), None when not tested: what the protocol did to that head."""
-    for d in analysis.family:
-        if (d.arm_a, d.arm_b) == (arm, f"{arm}@{baseline}"):
-            return d.difference, d.low, d.high, d.significant
-        if (d.arm_a, d.arm_b) == (f"{arm}@{baseline}", arm):
-            return -d.difference, -d.high, -d.low, d.significant
-    return None
+def protocol_interaction(
+    analysis: Analysis, above: str, below: str, baseline: str
+) -> statistics.Difference | None:
+    """How much more the protocol moved ``above`` than ``below``: (above - above@baseline)
+    - (below - below@baseline), per seed and photo on the seeds all four arms have, with the
+    two-level bootstrap's interval and p. Not part of the declared family: one exploratory
+    test, unadjusted (its ``p_holm`` is its own p). None when an arm is not recorded."""
+    evidence = analysis.evidence
+    names = [above, f"{above}@{baseline}", below, f"{below}@{baseline}"]
+    if any(name not in evidence.arms for name in names):
+        return None
+    seeds = evidence.common_seeds(*names)
+    if not seeds:
+        return None
+    right = {name: evidence.arms[name].matrix(TEST, seeds).astype(np.int64) for name in names}
+    moved = {above: right[names[0]] - right[names[1]], below: right[names[2]] - right[names[3]]}
+    replicates = statistics.bootstrap_means(moved, analysis.plan.draws)
+    found = statistics.difference(above, below, replicates, moved)
+    return replace(found, p_holm=found.p_value, seed_ids=tuple(seeds))

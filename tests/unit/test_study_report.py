@@ -330,13 +330,15 @@ def test_a_protocols_ordering_is_set_against_its_baselines_fresh_backbones(tmp_p
         _right_on_every_photo(tmp_path, "synthetic", f"gap-seed{seed}")
         _right_on_every_photo(tmp_path, "base", f"gap-seed{seed}", like=f"fc-seed{seed}")
     section, _ = render(tmp_path, "synthetic", "x", draw=False)
+    assert "gap > fc not shown with fresh backbones (+0.00 [+0.00, +0.00]): it came from the " in (
+        section
+    )
     assert (
-        "gap > fc not shown with fresh backbones: it came from the protocol, which lifted gap by "
-        in section
+        "protocol, which moved gap +" in section and "more than fc against their fresh" in section
     )
     assert "| gap > fc | +" in section and "| significant | +0.00 [+0.00, +0.00] |" in section
-    assert "| gap | 50.0 |" in section and "published: below every run of ours" in section
-    assert "published: above every run of ours" in section  # fc's 99 %
+    assert "| gap | 50.0 |" in section and "published: below each of our 3 runs" in section
+    assert "published: above each of our 3 runs" in section  # fc's 99 %
     verdict, _ = render_verdict(tmp_path, "studies", draw=False)
     assert "- the declared ordering against `base`'s fresh backbones: with the protocol it is " in (
         verdict
@@ -345,12 +347,42 @@ def test_a_protocols_ordering_is_set_against_its_baselines_fresh_backbones(tmp_p
     for seed in (0, 1, 2):  # fresh backbones: gap right everywhere too, so the protocol did nothing
         _right_on_every_photo(tmp_path, "base", f"gap-seed{seed}")
     section, _ = render(tmp_path, "synthetic", "x", draw=False)
-    assert "gap > fc also with a fresh backbone for every head (not from the protocol)" in section
-    assert "holds without the protocol" in section
+    assert (
+        "gap > fc holds with a fresh backbone for every head too (its direction does not need"
+        in (section)
+    )
+    assert "widened" not in section  # the protocol moved neither head: +0.00, not significant
+    assert "| +0.00 [+0.00, +0.00], p 1 | holds without the protocol |" in section
 
     with pytest.raises(ValueError, match="analysis.published names"):
         (tmp_path / "studies" / "bad.toml").write_text(chained.replace("gap = 0.5", "avg = 0.5"))
         load_study(tmp_path, "bad")
+
+
+def test_where_a_step_of_an_ordering_stands():
+    """A step's origin from its tests: reversed or not shown with the protocol; untested,
+    held, reversed or not shown with fresh backbones, the baseline's pair read either way
+    round."""
+    from gap_models import verdicts
+    from gap_models.statistics import Difference
+
+    def tested(a, b, difference, p):
+        return Difference(a, b, 3, 300, difference, difference - 0.01, difference + 0.01, p,
+                          0.005, p_holm=p)  # fmt: skip
+
+    def origin(here, baseline=None, sign=1):
+        return verdicts.OrderingStep("a", "b", here, baseline, sign).origin
+
+    shown, against = tested("a", "b", 0.03, 0.001), tested("a", "b", -0.03, 0.001)
+    assert origin(tested("a", "b", 0.01, 0.4)) == verdicts.NOT_REPRODUCED
+    assert origin(against) == verdicts.REVERSED_WITH
+    assert origin(shown) == verdicts.UNTESTED_WITHOUT
+    assert origin(shown, tested("a", "b", 0.02, 0.01)) == verdicts.HOLDS_WITHOUT
+    assert origin(shown, tested("b", "a", -0.02, 0.01), -1) == verdicts.HOLDS_WITHOUT
+    assert origin(shown, tested("b", "a", 0.02, 0.01), -1) == verdicts.REVERSED_WITHOUT
+    assert origin(shown, tested("a", "b", 0.005, 0.5)) == verdicts.ONLY_WITH
+    step = verdicts.OrderingStep("a", "b", shown, tested("b", "a", 0.02, 0.01), -1)
+    assert step.baseline_difference == pytest.approx((-0.02, -0.03, -0.01))
 
 
 def test_report_without_a_name_writes_every_section_its_figures_and_the_answer(tmp_path):
