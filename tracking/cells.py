@@ -170,11 +170,32 @@ def _article_backbone(job: CellJob, num_classes: int, logger) -> protocols.Backb
     each head before it in the article's chain (``gap_models.protocols``)."""
 
     def train(head: str, start: protocols.BackboneWeights | None) -> protocols.BackboneWeights:
+        """One step of the chain, checkpointed and paused at the deadline like a cell (a
+        step is a whole fit: minutes to an hour), its epochs shown."""
         model = build_training_model(head, job.seed, job.config, num_classes=num_classes)
         if start is not None:
             protocols.load_backbone(model, start)
-        fit_head(model, job.seed, job.config, job.cache_dir)
-        return protocols.backbone_weights(model)
+        label = f"{head} seed {job.seed} (a step of {job.head}'s chain)"
+        seconds: list[float] = []
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            seconds.append(metrics[records.EPOCH_SECONDS])
+            logger.info(
+                describe_epoch(label, epoch, job.config.epochs, metrics, job.position, seconds)
+            )
+
+        step = protocols.step_key(job.identity(), (*protocols.predecessors(head), head))
+        with claimed_checkpoint(f"chain-{step}") as saved:
+            if saved is not None and (done := checkpointed_epochs(saved)):
+                logger.info("%s: resuming from its checkpoint after epoch %d", label, done)
+            fit_head(
+                model, job.seed, job.config, job.cache_dir, on_epoch, saved,
+                TrainingDeadline(train_until()),
+            )  # fmt: skip
+            weights = protocols.backbone_weights(model)
+            if saved is not None:  # the step's backbone is cached next, by its key
+                remove_checkpoint(saved)
+        return weights
 
     return protocols.chain_backbone(
         job.head, job.identity(), default_cache_dir(), train, lambda m: logger.info("%s", m)

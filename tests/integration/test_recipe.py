@@ -80,3 +80,30 @@ def test_the_articles_protocol_trains_the_chain_on_one_backbone(
     cached = [w for w in after_fc if np.array_equal(
         w["backbone_conv1"][0], fc.get_layer("backbone_conv1").get_weights()[0])]  # fmt: skip
     assert len(cached) == 1  # the fc cell's trained backbone, which fc_dropout started from
+
+
+def test_a_step_of_the_articles_chain_pauses_at_the_deadline_and_resumes(
+    tmp_path, tracking_uri, prefect_harness, monkeypatch
+):
+    """A cell whose chain's earlier head is not cached trains that step first: checkpointed
+    and paused at the training deadline like any fit (it used to run to its end, past a
+    study's budget), resumed by the next run, its checkpoint removed once its backbone is
+    cached."""
+    from gap_models.checkpoints import checkpointed_epochs
+    from gap_models.data import default_cache_dir
+
+    source = str(make_pet_images(tmp_path / "photos", per_class=20, size=40))
+    params = dict(source=source, image_size=32, batch_size=16, epochs=2, heads=["fc_dropout"],
+                  protocol="article", promote=False)  # fmt: skip
+    monkeypatch.setenv("COMPARE_HEADS_TRAIN_UNTIL", "1")  # long past: pause after an epoch
+    with pytest.raises(Exception, match="paused after epoch 1 of 2"):
+        compare_heads(**params)
+    (step,) = (default_cache_dir() / "checkpoints").glob("chain-*[!k]")  # not its .lock
+    assert checkpointed_epochs(step) == 1
+    assert not list((default_cache_dir() / "chains").glob("*.npz"))  # no backbone cached yet
+
+    monkeypatch.delenv("COMPARE_HEADS_TRAIN_UNTIL")
+    summary = compare_heads(**params)
+    assert [row["head"] for row in summary.rows] == ["fc_dropout"]
+    assert not step.exists()  # the step's backbone is cached instead
+    assert len(list((default_cache_dir() / "chains").glob("*.npz"))) == 2
