@@ -61,6 +61,17 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _run_flow(config: RunConfig):
+    """The compare-heads flow in this process; its summary."""
+    # An in-process run starts a temporary Prefect server unless PREFECT_API_URL names one
+    # (`make up`'s); on a busy machine it can take far longer than Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+    from flows.compare_heads import compare_heads
+
+    with _sigterm_exits():
+        return compare_heads(**config.model_dump())
+
+
 FIELDS = RunConfig.model_fields
 
 
@@ -110,13 +121,7 @@ def run(
     except ValidationError as error:
         typer.echo("Invalid parameters:\n" + "\n".join(parameter_errors(error)), err=True)
         raise typer.Exit(2) from None
-    # An in-process run starts a temporary Prefect server unless PREFECT_API_URL names one
-    # (`make up`'s); on a busy machine it can take far longer than Prefect's 20 s default.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
-    from flows.compare_heads import compare_heads
-
-    with _sigterm_exits():
-        result = compare_heads(**config.model_dump())
+    result = _run_flow(config)
     typer.echo(result.markdown)
     if not result.trained:
         typer.echo(f"\nNothing trained: the plan decided {result.decision!r} (--force trains).")
@@ -377,12 +382,21 @@ def study_best(
             "its run never had",
         ),
     ] = None,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="Without its model in this store, train a model of that cell here first "
+            "(its `compare-heads run` line, in-process)",
+        ),
+    ] = False,
 ) -> None:
     """The one model the study hands a user, chosen on validation: its test accuracy with an
-    exact interval, where it was trained and where its model is. With --score SOURCE, its
-    accuracy on SOURCE's photos that its run never had, against its test figure: exit 1
-    when it lands further from it than the study's figures may (2 points)."""
-    from flows.study import chosen_lines
+    exact interval, where it was trained and where its model is (or another model of the
+    same cell trained here, held to its own test figure). With --score SOURCE, its accuracy
+    on SOURCE's photos that its run never had, against its test figure: exit 1 when it lands
+    further from it than the study's figures may (2 points)."""
+    from flows.study import chosen_cell, chosen_lines
     from gap_models.scoring import HOLDS_UP_WITHIN
     from tracking.runs import repo_root
 
@@ -391,6 +405,11 @@ def study_best(
     except (FileNotFoundError, ValueError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
+    if not model_uri and train:  # a failure in training keeps its traceback
+        _, _, cell = chosen_cell(repo_root(), name)
+        typer.echo(f"training a model of {cell.arm} seed {cell.seed} here: {cell.run_command()}")
+        _run_flow(cell.config())
+        lines, model_uri, test_accuracy = chosen_lines(repo_root(), name)
     typer.echo("\n".join(lines))
     if score is None:
         return

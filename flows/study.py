@@ -533,13 +533,42 @@ def chosen_lines(root: Path, name: str) -> tuple[list[str], str, float]:
     target = study.analysis.target_test_accuracy
     if target is not None:
         lines.append(f"  {target_call(model, target).replace('**', '')}")
+    figure = model.test[0]
     if uri:
         lines.append(f"  model: {uri} (in {store})")
+    elif trained_here := same_cell_run(cell.key(record.data, code_version())):
+        run_id, figure, uri = trained_here
+        lines += [
+            f"  model: {uri} (in {store}), another model of this cell trained on this machine "
+            f"(MLflow run {run_id}; the recorded one is not in this store): not bit for bit the "
+            f"recorded weights, so its own test accuracy, {100 * figure:.2f} %, is the figure "
+            "photos no run saw should reproduce",
+        ]
     else:
         lines += [
             f"  model: not in this machine's MLflow store ({store}); a model of this cell "
             "(same settings and seed, not bit for bit the same weights on another CPU) "
-            "trains with:",
+            f"trains with (or `compare-heads study best {name} --train`):",
             f"    {cell.run_command()}",
         ]
-    return lines, uri, model.test[0]
+    return lines, uri, figure
+
+
+def same_cell_run(key: str) -> tuple[str, float, str] | None:
+    """The newest finished, scored run in the configured store of the model with this key
+    (the chosen cell trained on this machine, today's code): its id, test accuracy and
+    model URI. None when there is none."""
+    from tracking import runs
+
+    client = runs.client()
+    found = client.search_runs(
+        [runs.ensure_experiment(client)],
+        filter_string=f"tags.`{records.RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in found:
+        if records.TEST_ACCURACY in run.data.metrics:
+            result = records.RunResult.from_tracked(runs.tracked_run(client, run.info.run_id))
+            if result.model_uri:
+                return run.info.run_id, run.data.metrics[records.TEST_ACCURACY], result.model_uri
+    return None

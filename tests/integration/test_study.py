@@ -172,6 +172,21 @@ def test_a_killed_study_resumes_every_cell_once_and_a_budget_stops_it(
     )
     assert "cannot score: this machine does not hold the model" in result.output
 
+    # --train trains a model of that cell here, then scores it against its own run's test
+    # figure (not bit for bit the recorded weights); a later call finds it by the cell's key.
+    result = CliRunner().invoke(
+        app, ["study", "best", "tiny", "--score", str(held / "PetImages"), "--train"]
+    )
+    assert f"training a model of {best.arm} seed {best.seed} here" in result.output
+    assert "another model of this cell trained on this machine" in result.output, result.output
+    assert result.exit_code in (0, 1), result.output
+    own = float(re.search(r"its own test accuracy, ([\d.]+) %", result.output).group(1))
+    scored = float(re.search(r"accuracy ([\d.]+) % on 20 photos", result.output).group(1))
+    printed = float(re.search(r"unseen photos minus test: ([+-][\d.]+)", result.output).group(1))
+    assert printed == pytest.approx(scored - own, abs=0.011)  # against its own figure
+    again = CliRunner().invoke(app, ["study", "best", "tiny"])
+    assert again.exit_code == 0 and "another model of this cell" in again.output
+
 
 def test_a_paused_cell_resumes_and_a_record_of_older_code_is_stale(study_root, monkeypatch):
     one = STUDY.replace('heads = ["gap", "fc"]', 'heads = ["gap"]').replace("[0, 1]", "[0]")
