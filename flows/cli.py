@@ -53,8 +53,8 @@ def _sigterm_exits() -> Iterator[None]:
         return
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # a handler set outside Python reads as None: the default is the closest
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -14,6 +14,7 @@ kept, so cells longer than any one session still get trained, a session at a tim
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -26,6 +27,7 @@ from gap_models.checkpoints import TrainingPaused
 from gap_models.data import TRAIN_SPLIT, load_ids, load_split
 from gap_models.evaluation import PREDICTION_SPLITS, TRAIN_SUBSET
 from gap_models.hardware import detect
+from gap_models.protocols import step_checkpoint_key
 from gap_models.provenance import code_version
 from gap_models.studies import Study, load_study, study_names
 from gap_models.study_records import (
@@ -372,8 +374,10 @@ def run_studies(names: list[str], budget_minutes: float | None = None, root: Pat
             try:
                 _train_cell(root, study, state, say)
             except TrainingPaused as paused:
+                step = Path(paused.directory).name.startswith(step_checkpoint_key(""))
+                what = f"{name} in the step of its chain it trains first" if step else name
                 say(
-                    f"paused {name} after epoch {paused.epochs_done} of {paused.epochs} at "
+                    f"paused {what} after epoch {paused.epochs_done} of {paused.epochs} at "
                     f"the end of the budget; `compare-heads study run {study.name}` resumes it"
                 )
                 break
@@ -471,7 +475,9 @@ def report_study(name: str | None = None, root: Path | None = None) -> Path:
 
 def chosen_cell(root: Path, name: str):
     """Study ``name``'s one model chosen on validation, among its own arms' records, and
-    that cell's record and declaration. ValueError when nothing is recorded yet."""
+    that cell's record and declaration, with the settings the record was trained with (the
+    study file may have changed since: its run line and --train must make that model, not
+    today's). ValueError when nothing is recorded yet."""
     from gap_models.study_report import analyse_study
     from gap_models.verdicts import chosen_model
 
@@ -485,7 +491,7 @@ def chosen_cell(root: Path, name: str):
         raise ValueError(f"study {name} has no recorded cell yet: `compare-heads study run {name}`")
     record = next(r for r in studied.present if (r.arm, r.seed) == (model.arm, model.seed))
     cell = next(c for c in studied.study.cells(root) if (c.arm, c.seed) == (model.arm, model.seed))
-    return model, record, cell
+    return model, record, dataclasses.replace(cell, settings=dict(record.settings))
 
 
 def logged_model_uri(run_id: str) -> tuple[str, str]:
@@ -561,8 +567,11 @@ def same_cell_run(key: str) -> tuple[str, float, str] | None:
     from tracking import runs
 
     client = runs.client()
+    experiment = client.get_experiment_by_name(runs.EXPERIMENT_NAME)  # read only: none, none
+    if experiment is None:
+        return None
     found = client.search_runs(
-        [runs.ensure_experiment(client)],
+        [experiment.experiment_id],
         filter_string=f"tags.`{records.RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     )

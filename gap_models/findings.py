@@ -173,6 +173,8 @@ def verdict_line(analysis: Analysis) -> str:
     """One sentence: the arm chosen on validation (ranked on the seeds every arm has), its
     test accuracy, and how it stands against each other arm in the family."""
     chosen = chosen_arm(analysis)
+    if chosen is None:
+        return f"Chosen on validation{among(analysis)}: none yet."
     best = chosen.summary
     parts = []
     for d in analysis.family:

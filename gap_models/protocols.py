@@ -79,6 +79,12 @@ def step_key(identity: dict[str, object], chain: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def step_checkpoint_key(key: str) -> str:
+    """The checkpoint key of the fit of step ``key`` while a cell trains it first (removed
+    once the step's backbone is saved)."""
+    return f"chain-{key}"
+
+
 def save_step(cache_root: Path, key: str, weights: BackboneWeights) -> None:
     """Cache a chain step's backbone, atomically."""
     path = _path(cache_root, key)

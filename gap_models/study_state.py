@@ -186,11 +186,24 @@ def estimate_seconds(
     epochs = state.epochs - min(state.epochs_done, state.epochs - 1)  # evaluation remains
     work = images * epochs * flops
     for head in chain_steps_to_train(state, trained_before):  # the article's chain: first
-        work += images * config.epochs * _cell_flops(head, config.image_size, config.backbone)
+        left = config.epochs - min(chain_step_epochs_done(state, head), config.epochs - 1)
+        work += images * left * _cell_flops(head, config.image_size, config.backbone)
     if rate is None:
         prior = 1.3 / (PRIOR_IMAGES_PER_SECOND * PRIOR_FLOPS_PER_IMAGE)
         return work * prior
     return work * rate
+
+
+def chain_step_epochs_done(state: CellState, head: str) -> int:
+    """Epochs the checkpoint of this cell's chain step ``head`` holds (a step paused at an
+    earlier budget's end resumes from there)."""
+    from gap_models import identity, protocols
+    from gap_models.checkpoints import checkpoint_dir, checkpointed_epochs
+
+    cell = identity.cell_identity(state.cell.config(), state.cell.head, state.cell.seed,
+                                  state.data, code_version())  # fmt: skip
+    step = protocols.step_key(cell, (*protocols.predecessors(head), head))
+    return checkpointed_epochs(checkpoint_dir(protocols.step_checkpoint_key(step)))
 
 
 def chain_steps_to_train(state: CellState, trained_before=frozenset()) -> list[str]:

@@ -68,16 +68,24 @@ def _findings(root: Path, studied: StudyEvidence) -> list[str]:
     analysis = studied.analysis
     if analysis is None:
         return ["nothing trained yet."]
+    steps = ordering_steps_of(root, studied)  # a study against a baseline: its answer first
+    lines = [f"{ordering_summary(steps, studied.study.analysis.baseline)}." for _ in steps[:1]]
+    return lines + _chosen(studied) + _tests(analysis)
+
+
+def _chosen(studied: StudyEvidence) -> list[str]:
+    """The arm and the one model the study hands over, chosen on validation, and the bar
+    the model's test figure must clear."""
+    analysis = studied.analysis
     chosen = chosen_arm(analysis)
+    if chosen is None:
+        return [f"chosen on validation{among(analysis)}: none yet."]
     best = chosen.summary
     few = (
         " (fewer than 3 seeds: photo sampling only)" if best.seeds < MIN_SEEDS_FOR_INTERVAL else ""
     )
     ranked = "" if chosen.every_seed else f" on {seed_list(chosen.seeds)}, which every arm has"
-    steps = ordering_steps_of(root, studied)  # a study against a baseline: its answer first
-    name = studied.study.analysis.baseline
-    lines = [f"{ordering_summary(steps, name)}." for _ in steps[:1]]
-    lines += [
+    lines = [
         f"chosen on validation{among(analysis)}: **{best.arm}** (mean validation accuracy "
         f"{100 * chosen.validation:.2f} %{ranked}), test accuracy {interval(best.test)} %, "
         f"{_seeds(best.seeds)}{few}{_against_runner_up(analysis, best.arm, chosen.runner_up)}."
@@ -99,6 +107,12 @@ def _findings(root: Path, studied: StudyEvidence) -> list[str]:
         target = studied.study.analysis.target_test_accuracy
         if target is not None:
             lines.append(f"{target_call(model, target)}.")
+    return lines
+
+
+def _tests(analysis) -> list[str]:
+    """Every pre-registered test of the study, and those not run yet."""
+    lines = []
     for d in analysis.family:
         said = call(d)
         if d.seeds < MIN_SEEDS_FOR_INTERVAL:

@@ -323,11 +323,13 @@ class ChosenArm:
     runner_up: str | None
 
 
-def chosen_arm(analysis: Analysis, arms: list[str] | None = None) -> ChosenArm:
+def chosen_arm(analysis: Analysis, arms: list[str] | None = None) -> ChosenArm | None:
     """The arm of ``arms`` (default: the plan's candidates, else every arm analysed) chosen
-    on validation."""
+    on validation; None while none of them is recorded."""
     arms = arms if arms is not None else analysis.plan.candidates
-    summaries = [s for s in analysis.arms if arms is None or s.arm in arms] or analysis.arms
+    summaries = [s for s in analysis.arms if arms is None or s.arm in arms]
+    if not summaries:
+        return None
     evidence = analysis.evidence
     common = evidence.common_seeds(*(s.arm for s in summaries))
 

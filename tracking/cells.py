@@ -96,16 +96,17 @@ class TrainingDeadline:
 
 
 @contextlib.contextmanager
-def claimed_checkpoint(key: str) -> Iterator[Path | None]:
+def claimed_checkpoint(key: str, wait: bool = False) -> Iterator[Path | None]:
     """The checkpoint folder of the model with this key, for this process alone while the
     block runs (an exclusive lock on a sibling file, released by the system if the process
     dies); None when another process holds it (the same model trained twice at once, or a
-    Dask worker taken for lost that still runs): then this one trains without checkpoints."""
+    Dask worker taken for lost that still runs): then this one trains without checkpoints.
+    ``wait``: wait for the holder instead (never None)."""
     folder = checkpoint_dir(key)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.with_name(f"{folder.name}.lock"), "a") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             yield None
             return
@@ -185,16 +186,22 @@ def _article_backbone(job: CellJob, num_classes: int, logger) -> protocols.Backb
             )
 
         step = protocols.step_key(job.identity(), (*protocols.predecessors(head), head))
-        with claimed_checkpoint(f"chain-{step}") as saved:
-            if saved is not None and (done := checkpointed_epochs(saved)):
+        # Another cell of this seed training the same step (Dask workers): wait for it, then
+        # take its backbone, rather than train it twice past the deadline without a checkpoint.
+        with claimed_checkpoint(protocols.step_checkpoint_key(step), wait=True) as saved:
+            cached = protocols.load_step(default_cache_dir(), step)
+            if cached is not None:
+                logger.info("%s: trained meanwhile by another process, from the cache", label)
+                return cached
+            if done := checkpointed_epochs(saved):
                 logger.info("%s: resuming from its checkpoint after epoch %d", label, done)
             fit_head(
                 model, job.seed, job.config, job.cache_dir, on_epoch, saved,
                 TrainingDeadline(train_until()),
             )  # fmt: skip
             weights = protocols.backbone_weights(model)
-            if saved is not None:  # the step's backbone is cached next, by its key
-                remove_checkpoint(saved)
+            protocols.save_step(default_cache_dir(), step, weights)  # then its checkpoint goes
+            remove_checkpoint(saved)
         return weights
 
     return protocols.chain_backbone(

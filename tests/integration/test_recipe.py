@@ -103,7 +103,17 @@ def test_a_step_of_the_articles_chain_pauses_at_the_deadline_and_resumes(
     assert not list((default_cache_dir() / "chains").glob("*.npz"))  # no backbone cached yet
 
     monkeypatch.delenv("COMPARE_HEADS_TRAIN_UNTIL")
+    import tracking.cells
+
+    real_fit, started_at = tracking.cells.fit_head, []
+
+    def fit_head(model, seed, config, cache_dir, on_epoch=None, checkpoint=None, until=None):
+        started_at.append(checkpointed_epochs(checkpoint) if checkpoint else 0)
+        return real_fit(model, seed, config, cache_dir, on_epoch, checkpoint, until)
+
+    monkeypatch.setattr(tracking.cells, "fit_head", fit_head)
     summary = compare_heads(**params)
+    assert started_at == [1, 0]  # the step resumed after its epoch, then the cell's own fit
     assert [row["head"] for row in summary.rows] == ["fc_dropout"]
     assert not step.exists()  # the step's backbone is cached instead
     assert len(list((default_cache_dir() / "chains").glob("*.npz"))) == 2

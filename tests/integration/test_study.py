@@ -184,8 +184,13 @@ def test_a_killed_study_resumes_every_cell_once_and_a_budget_stops_it(
     scored = float(re.search(r"accuracy ([\d.]+) % on 20 photos", result.output).group(1))
     printed = float(re.search(r"unseen photos minus test: ([+-][\d.]+)", result.output).group(1))
     assert printed == pytest.approx(scored - own, abs=0.011)  # against its own figure
-    again = CliRunner().invoke(app, ["study", "best", "tiny"])
-    assert again.exit_code == 0 and "another model of this cell" in again.output
+    # Found again by the cell's key, and held to that run's own figure (set apart here).
+    run_id = re.search(r"MLflow run (\w+); the recorded one", result.output).group(1)
+    MlflowClient(empty_store).log_metric(run_id, records.TEST_ACCURACY, 0.1234)
+    again = CliRunner().invoke(app, ["study", "best", "tiny", "--score", str(held / "PetImages")])
+    assert "its own test accuracy, 12.34 %" in again.output, again.output
+    printed = float(re.search(r"unseen photos minus test: ([+-][\d.]+)", again.output).group(1))
+    assert printed == pytest.approx(scored - 12.34, abs=0.011)
 
 
 def test_a_paused_cell_resumes_and_a_record_of_older_code_is_stale(study_root, monkeypatch):

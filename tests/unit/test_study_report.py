@@ -484,6 +484,17 @@ def test_a_study_hands_over_only_from_the_arms_it_declares(tmp_path):
     with pytest.raises(ValueError, match=r"analysis.choose_from names \['gap'\]"):
         load_study(tmp_path, "synthetic")
 
+    (tmp_path / "studies" / "synthetic.toml").write_text(declared)
+    for seed in (0, 1, 2):  # neither arm it hands over from recorded: no choice, not another
+        record_path(tmp_path, "synthetic", f"fc-1.0-seed{seed}").unlink()
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert (
+        "- chosen on validation among fc/1.0, gap/1.0 (fc/1.0, gap/1.0 not recorded yet): none"
+        in (verdict)
+    )
+    with pytest.raises(ValueError, match="no recorded cell"):
+        chosen_cell(tmp_path, "synthetic")
+
 
 @pytest.mark.parametrize("name", study_names(ROOT))
 def test_a_cells_run_command_trains_exactly_that_cell(name, tmp_path, monkeypatch):
