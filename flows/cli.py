@@ -63,10 +63,10 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 def _run_flow(config: RunConfig):
     """The compare-heads flow in this process; its summary."""
-    # An in-process run starts a temporary Prefect server unless PREFECT_API_URL names one
-    # (`make up`'s); on a busy machine it can take far longer than Prefect's 20 s default.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
     from flows.compare_heads import compare_heads
+    from flows.runners import patient_temporary_server
+
+    patient_temporary_server()
 
     with _sigterm_exits():
         return compare_heads(**config.model_dump())

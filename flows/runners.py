@@ -17,6 +17,14 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from gap_models.config import RunConfig
 
+
+def patient_temporary_server() -> None:
+    """An in-process flow run starts a temporary Prefect server unless PREFECT_API_URL names
+    one (`make up`'s); on a busy machine it can take far longer than Prefect's 20 s default
+    to start. A user's own setting wins."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+
+
 DASK_ADDRESS_ENV = "COMPARE_HEADS_DASK_ADDRESS"
 """Address of a running Dask scheduler (``tcp://host:8786``): models train on its workers."""
 

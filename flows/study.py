@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flows.runners import patient_temporary_server
 from gap_models import records
 from gap_models.checkpoints import TrainingPaused
 from gap_models.data import TRAIN_SPLIT, load_ids, load_split
@@ -312,7 +313,7 @@ def run_studies(names: list[str], budget_minutes: float | None = None, root: Pat
     missing or stale when it stops."""
     root = root or repo_root()
     studies = [load_study(root, name) for name in names]
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+    patient_temporary_server()
     deadline = None if budget_minutes is None else time.monotonic() + budget_minutes * 60
     until = None if budget_minutes is None else time.time() + budget_minutes * 60
     several = len(studies) > 1
