@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
-from prefect.futures import as_completed
+from prefect.futures import as_completed, wait
 
 from flows import runners
 from gap_models.config import RunConfig
@@ -52,9 +53,9 @@ def train_models(
     """Every (head, seed) cell as its own task on this flow's task runner; results in submission
     order. Each result is fetched and released as soon as its task ends, so a worker that
     dies later holds nothing Dask would compute again. Afterwards no child run is left
-    RUNNING (an attempt on a lost worker is closed FAILED). Stopped (Ctrl-C, SIGTERM), the
-    model training in this process pauses at its epoch's end with its checkpoint."""
-    clear_stop()
+    RUNNING (an attempt on a lost worker is closed FAILED). Stopped (Ctrl-C, SIGTERM), every
+    model in training pauses at its epoch's end with its checkpoint (``stop``)."""
+    clear_stop(parent_id)
     submitted = [
         train_and_evaluate.submit(
             CellJob(
@@ -77,11 +78,8 @@ def train_models(
             outcomes[order[id(future)]] = future.result()
             release(future)
     except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C, SIGTERM: this thread gets them
-        request_stop()
-        get_run_logger().warning(
-            "Stopping: the model in training pauses at the end of its epoch, its checkpoint "
-            "kept (running it again resumes it); kill -9 stops at once, losing that epoch"
-        )
+        pending = [f for index, f in enumerate(submitted) if index not in outcomes]
+        stop(parent_id, pending)
         raise
     client = runs.client()
     for run_id in recovery.fail_open_children(
@@ -89,6 +87,39 @@ def train_models(
     ):
         get_run_logger().warning("Marked MLflow run %s FAILED: its worker was lost", run_id)
     return [outcomes[index] for index in range(len(submitted))]
+
+
+def stop(parent_id: str, pending: list) -> None:
+    """Pause every model of this flow run at the end of its epoch, its checkpoint kept; those
+    not started do not start. In this process the thread pool's exit then cancels the queued
+    models and waits for the one training. On Dask the signal reached only this process: each
+    worker is asked too, and this waits for their models, else a local cluster closed with
+    this process and its workers lost their epoch in progress. A second Ctrl-C or SIGTERM
+    ends the wait at once."""
+    request_stop(parent_id)
+    logger = get_run_logger()
+    logger.warning(
+        "Stopping: the model in training pauses at the end of its epoch, its checkpoint "
+        "kept (running it again resumes it); kill -9 stops at once, losing that epoch"
+    )
+    workers = _dask_client()
+    if workers is None:
+        return
+    try:
+        workers.run(request_stop, parent_id, on_error="return")
+    except Exception as error:  # the scheduler is gone: nothing left there to pause
+        logger.warning("Could not ask the Dask workers to pause their models: %s", error)
+        return
+    wait(pending)
+    workers.run(clear_stop, parent_id, on_error="return")  # a scheduler's workers outlive it
+
+
+def _dask_client():
+    """The Dask client of this flow's task runner, None when models train in this process."""
+    runner = FlowRunContext.get().task_runner
+    if type(runner).__module__.startswith("prefect_dask"):
+        return runner.client
+    return None
 
 
 def release(future) -> None:

@@ -15,7 +15,6 @@ import fcntl
 import logging
 import os
 import resource
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,33 +65,48 @@ def train_until() -> float | None:
         ) from None
 
 
-_STOP = threading.Event()
+_STOPPED: set[str] = set()
+"""Parent runs (one per flow run) whose models in this process pause at their epoch's end."""
 
 
-def request_stop() -> None:
-    """Ask every model training in this process to pause at the end of its epoch, its
-    checkpoint kept (the next run of it resumes). A SIGTERM or Ctrl-C reaches the flow's
-    thread, not the one training: without this, the flow waited for the model to finish."""
-    _STOP.set()
+def request_stop(parent_id: str) -> None:
+    """Ask every model of this flow run (its parent run) training in this process to pause at
+    the end of its epoch, its checkpoint kept (the next run of it resumes), and any not
+    started yet not to start. A SIGTERM or Ctrl-C reaches the flow's thread, not the one
+    training: without this, the flow waited for the model to finish. Scoped to one flow run,
+    so a Dask worker that outlives it trains the next run's models as usual."""
+    _STOPPED.add(parent_id)
 
 
-def clear_stop() -> None:
-    _STOP.clear()
+def clear_stop(parent_id: str) -> None:
+    _STOPPED.discard(parent_id)
+
+
+class RunStopped(RuntimeError):
+    """A model of a stopped flow run that had not started: nothing of it was trained."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(f"{label}: not started, its flow run was stopped")
+        self.label = label
+
+    def __reduce__(self):  # crosses processes (a Dask worker's task) whole
+        return type(self), (self.label,)
 
 
 class TrainingDeadline:
     """The ``until`` that ``fit_head`` hands to its ``EpochCheckpoint``: ``train_until()``'s
-    time, or already past once ``request_stop()`` was called. The checkpoint asks ``now +
-    epoch > until``, which Python answers here (``until.__lt__``), so a stop request pauses
-    the fit at its epoch's end exactly as a deadline does. (A duck-typed float because
+    time, or already past once ``request_stop(parent_id)`` was called. The checkpoint asks
+    ``now + epoch > until``, which Python answers here (``until.__lt__``), so a stop request
+    pauses the fit at its epoch's end exactly as a deadline does. (A duck-typed float because
     ``gap_models/checkpoints.py`` is training code: editing it would make every study record
     stale. When that code changes next, give ``EpochCheckpoint`` a stop event instead.)"""
 
-    def __init__(self, at: float | None) -> None:
+    def __init__(self, at: float | None, parent_id: str) -> None:
         self.at = at
+        self.parent_id = parent_id
 
     def __lt__(self, later: float) -> bool:
-        return _STOP.is_set() or (self.at is not None and self.at < later)
+        return self.parent_id in _STOPPED or (self.at is not None and self.at < later)
 
 
 @contextlib.contextmanager
@@ -197,7 +211,7 @@ def _article_backbone(job: CellJob, num_classes: int, logger) -> protocols.Backb
                 logger.info("%s: resuming from its checkpoint after epoch %d", label, done)
             fit_head(
                 model, job.seed, job.config, job.cache_dir, on_epoch, saved,
-                TrainingDeadline(train_until()),
+                TrainingDeadline(train_until(), job.parent_run_id),
             )  # fmt: skip
             weights = protocols.backbone_weights(model)
             protocols.save_step(default_cache_dir(), step, weights)  # then its checkpoint goes
@@ -265,6 +279,8 @@ def _open_child(mlflow_client, job: CellJob, key: str, logger) -> str:
 def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> TrainedRun:
     """Train a fresh model for the job's head from its seed's initial weights, every epoch
     logged live; log the model (stock layers) and leave the run open for ``evaluate_cell``."""
+    if job.parent_run_id in _STOPPED:  # queued on a Dask worker when its flow run was stopped
+        raise RunStopped(job.label)
     mlflow_client = client()
     key = job.key()
     adopted = _adopt(mlflow_client, job, key, logger)
@@ -314,7 +330,7 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
                 job.cache_dir,
                 on_epoch,
                 saved,
-                TrainingDeadline(train_until()),
+                TrainingDeadline(train_until(), job.parent_run_id),
             )
         checkpoint_key = key if saved is not None else ""
         if _replays(job):  # the next head of the chain starts from this backbone

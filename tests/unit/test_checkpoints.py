@@ -4,6 +4,7 @@ its optimizer and early stopping's state, never confused by a half-written save.
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -122,6 +123,36 @@ def test_only_one_trainer_of_a_model_keeps_its_checkpoint_at_a_time(tmp_path, mo
             assert other == checkpoint_dir("other-key")
     with claimed_checkpoint("cell-key") as again:  # released with the block
         assert again == first
+
+
+def test_a_stop_request_pauses_only_its_own_flow_runs_models():
+    """A stop reaches a Dask worker that outlives its flow run (a running scheduler's): it
+    must pause that run's models and not the next run's, and a model of that run still
+    queued must not start."""
+    from gap_models.config import RunConfig
+    from tracking.cells import (
+        CellJob,
+        RunStopped,
+        TrainingDeadline,
+        clear_stop,
+        request_stop,
+        train_cell,
+    )
+
+    stopped, other = TrainingDeadline(None, "parent-a"), TrainingDeadline(None, "parent-b")
+    far_future = TrainingDeadline(4e9, "parent-a")
+    assert not stopped < 1e9 and not far_future < 1e9
+    request_stop("parent-a")
+    try:
+        assert stopped < 1e9 and far_future < 1e9  # past its deadline at once
+        assert not other < 1e9  # another flow run's model trains on
+        job = CellJob("cache", "gap", 0, RunConfig(), "1", "parent-a")
+        with pytest.raises(RunStopped, match="gap seed 0: not started"):
+            train_cell(job, None)
+        assert pickle.loads(pickle.dumps(RunStopped("gap seed 0"))).label == "gap seed 0"
+    finally:
+        clear_stop("parent-a")
+    assert not stopped < 1e9
 
 
 def test_a_fit_that_had_decided_to_end_trains_no_more_when_resumed(tmp_path):
