@@ -407,8 +407,14 @@ def study_best(
         raise typer.Exit(2) from None
     if not model_uri and train:  # a failure in training keeps its traceback
         _, _, cell = chosen_cell(repo_root(), name)
+        try:
+            config = cell.config()
+        except ValueError as error:  # the study's photos are not on this machine
+            typer.echo("\n".join(lines))
+            typer.echo(f"cannot train {cell.arm} seed {cell.seed} here: {error}", err=True)
+            raise typer.Exit(2) from None
         typer.echo(f"training a model of {cell.arm} seed {cell.seed} here: {cell.run_command()}")
-        _run_flow(cell.config())
+        _run_flow(config)
         lines, model_uri, test_accuracy = chosen_lines(repo_root(), name)
     typer.echo("\n".join(lines))
     if score is None:

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -28,6 +29,8 @@ from gap_models.architecture import (
 from gap_models.hardware import resolve_precision
 
 TFDS_PREFIX = "tfds:"
+CHECK_PATHS = "check_paths"
+"""Validation context key: False validates a configuration whose source is elsewhere."""
 DEFAULT_SOURCE = "tfds:cats_vs_dogs"
 
 Precision = Literal["auto", "mixed_bfloat16", "float32"]
@@ -249,8 +252,11 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _check_paths(self) -> RunConfig:
-        if not self.is_tfds and not Path(self.source).expanduser().exists():
+    def _check_paths(self, info: ValidationInfo) -> RunConfig:
+        # A cell's identity (a study's records, read on a machine without its photos) needs
+        # the settings, not the photos: validated with context {"check_paths": False}.
+        wanted = (info.context or {}).get(CHECK_PATHS, True)
+        if wanted and not self.is_tfds and not Path(self.source).expanduser().exists():
             raise ValueError(
                 f"source {self.source!r} does not exist: pass an existing .zip archive or "
                 f"folder of class folders (PetImages/{{Cat,Dog}}/*.jpg), or {DEFAULT_SOURCE!r}"

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gap_models import identity
-from gap_models.config import RunConfig
+from gap_models.config import CHECK_PATHS, RunConfig
 
 STUDIES_DIR = "studies"
 GRID_FIELDS = (
@@ -185,11 +185,13 @@ class Cell:
     def file_stem(self) -> str:
         return f"{self.arm.replace('/', '-')}-seed{self.seed}"
 
-    def config(self) -> RunConfig:
-        """The flow parameters that train exactly this cell (nothing promoted)."""
-        return RunConfig(
+    def config(self, check_paths: bool = True) -> RunConfig:
+        """The flow parameters that train exactly this cell (nothing promoted). Without
+        ``check_paths``, also where its source is not (its identity needs only settings)."""
+        values = dict(
             source=self.source, heads=[self.head], seeds=[self.seed], promote=False, **self.settings
         )
+        return RunConfig.model_validate(values, context={CHECK_PATHS: check_paths})
 
     def run_command(self) -> str:
         """The ``compare-heads run`` line that trains exactly this cell (``config``'s values)."""
@@ -203,7 +205,8 @@ class Cell:
         return "compare-heads run " + " ".join(options)
 
     def key(self, data: str, code_version: str) -> str:
-        cell = identity.cell_identity(self.config(), self.head, self.seed, data, code_version)
+        config = self.config(check_paths=False)
+        cell = identity.cell_identity(config, self.head, self.seed, data, code_version)
         return identity.cell_key(cell)
 
 

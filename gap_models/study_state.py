@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gap_models import records
 from gap_models.checkpoints import checkpoint_dir, checkpointed_epochs
-from gap_models.config import RunConfig
+from gap_models.config import TFDS_PREFIX, RunConfig
 from gap_models.data import cache_key, fingerprint_source
 from gap_models.hardware import detect
 from gap_models.provenance import code_version
@@ -44,9 +44,15 @@ class CellState:
 
 
 def cell_states(root: Path, study: Study) -> list[CellState]:
-    """Every cell of the study in priority order, with its state."""
+    """Every cell of the study in priority order, with its state. FileNotFoundError when the
+    study's photos are not on this machine: a cell's key holds their content's fingerprint."""
     version, fingerprints, states = code_version(), {}, []
     for cell in study.cells(root):
+        if not cell.source.startswith(TFDS_PREFIX) and not Path(cell.source).exists():
+            raise FileNotFoundError(
+                f"study {study.name}: its source {cell.source} does not exist on this machine "
+                "(its cells are keyed by the content of those photos: put them there)"
+            )
         config = cell.config()
         if cell.source not in fingerprints:
             fingerprints[cell.source] = fingerprint_source(cell.source)

@@ -172,6 +172,21 @@ def test_a_killed_study_resumes_every_cell_once_and_a_budget_stops_it(
     )
     assert "cannot score: this machine does not hold the model" in result.output
 
+    # Without the study's photos on this machine: the recorded answer still shows (read
+    # from the records), but --train cannot make a model of that cell: exit 2, naming them.
+    (study_root / "photos").rename(study_root / "photos-elsewhere")
+    result = CliRunner().invoke(
+        app, ["study", "best", "tiny", "--score", str(held / "PetImages"), "--train"]
+    )
+    status = CliRunner().invoke(app, ["study", "status", "tiny"])
+    (study_root / "photos-elsewhere").rename(study_root / "photos")
+    assert result.exit_code == 2, result.output
+    assert f"  {best.arm} seed {best.seed}: validation " in result.output, result.output
+    assert f"cannot train {best.arm} seed {best.seed} here: " in result.output
+    assert f"source {str(study_root / 'photos')!r} does not exist" in result.output
+    assert status.exit_code == 2, status.output  # a line, not a traceback
+    assert f"its source {study_root / 'photos'} does not exist on this machine" in status.output
+
     # --train trains a model of that cell here, then scores it against its own run's test
     # figure (not bit for bit the recorded weights); a later call finds it by the cell's key.
     result = CliRunner().invoke(
