@@ -69,6 +69,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV_BIN="$ROOT/.venv/bin"
 SERVICES_DIR="${COMPARE_HEADS_SERVICES_DIR:-$ROOT/.services}"
 MLFLOW_DIR="${COMPARE_HEADS_MLFLOW_DIR:-$ROOT/mlflow}"
+# Where the MLflow server keeps artifacts (models, plots): a folder, or a bucket URI
+# (s3://..., gs://...) on a team server, whose credentials only the server needs.
+ARTIFACTS="${COMPARE_HEADS_ARTIFACTS:-$MLFLOW_DIR/artifacts}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 PREFECT_PORT="${PREFECT_PORT:-4200}"
 BIND_HOST="${COMPARE_HEADS_BIND_HOST:-127.0.0.1}"
@@ -153,7 +156,9 @@ service_settings() {
     database="$(printf '%s' "$DATABASE" | sed -E 's#//[^@/]*@#//#')"
     case "$1" in
         mlflow) printf 'bind %s, port %s, auth %s, database %s' "$BIND_HOST" "$MLFLOW_PORT" \
-            "$MLFLOW_AUTH" "$database" ;;
+            "$MLFLOW_AUTH" "$database"
+            # (said only when set: servers started before the setting existed stay current)
+            [[ -z "${COMPARE_HEADS_ARTIFACTS:-}" ]] || printf ', artifacts %s' "$ARTIFACTS" ;;
         prefect) printf 'bind %s, port %s, auth %s, database %s' "$BIND_HOST" "$PREFECT_PORT" \
             "$PREFECT_AUTH" "$database" ;;
         worker) printf 'pool %s, limit %s' "$WORK_POOL" "$WORKER_LIMIT" ;;
@@ -426,7 +431,7 @@ start_mlflow() {
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
         start_detached mlflow "$VENV_BIN/mlflow" server \
             --host "$BIND_HOST" --port "$MLFLOW_PORT" --workers 2 \
-            --artifacts-destination "$MLFLOW_DIR/artifacts" "${auth_args[@]}"
+            --artifacts-destination "$ARTIFACTS" "${auth_args[@]}"
     wait_healthy mlflow "$MLFLOW_URL/health"
     record_settings mlflow
     log "mlflow   started      $MLFLOW_URL (pid $(live_pid mlflow), log $(log_file mlflow))"

@@ -151,6 +151,8 @@ def cluster_services(tmp_path_factory) -> Iterator[tuple[Services, DaskCluster]]
                     "COMPARE_HEADS_POSTGRES_PORT": str(free_port()),
                     "COMPARE_HEADS_WORKER_LIMIT": "2",
                     "COMPARE_HEADS_DASK_ADDRESS": cluster.address,
+                    # A team server's artifact store (a bucket there; a folder here).
+                    "COMPARE_HEADS_ARTIFACTS": str(home / "team-artifacts"),
                 },
             ) as services,
         ):
@@ -298,6 +300,10 @@ def test_models_train_on_both_dask_workers_and_a_lost_one_loses_no_model(
     # What the UIs show lives in PostgreSQL: MLflow's runs and Prefect's flow runs.
     run_ids = query(cluster_services, "compare_heads_mlflow", "SELECT run_uuid FROM runs")
     assert {parent.info.run_id, short_parent.info.run_id} <= set(run_ids)
+    # ... and the models in the artifact store it was given, uploaded through the server.
+    stored = list((services.home / "team-artifacts").rglob("MLmodel"))
+    assert len(stored) >= len(children) + len(short_children), stored
+    assert not list((services.home / "mlflow").rglob("MLmodel"))
     flow_runs = query(cluster_services, "compare_heads_prefect", "SELECT id::text FROM flow_run")
     assert {first, second} <= set(flow_runs)
 
