@@ -10,7 +10,10 @@ scheduler must be started with them, and are checked before any model is submitt
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
+import types
 from dataclasses import dataclass
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -21,8 +24,33 @@ from gap_models.config import RunConfig
 def patient_temporary_server() -> None:
     """An in-process flow run starts a temporary Prefect server unless PREFECT_API_URL names
     one (`make up`'s); on a busy machine it can take far longer than Prefect's 20 s default
-    to start. A user's own setting wins."""
+    to start. A user's own setting wins. The server runs in a session of its own: Ctrl-C in
+    a terminal signals the whole foreground process group, and a server stopped by it left
+    the pausing run retrying its calls for 5 minutes, to end with status 1. This process
+    stops it at its exit, as before."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+    _server_in_its_own_session()
+
+
+@functools.cache
+def _server_in_its_own_session() -> None:
+    """Prefect (3.9) starts the temporary server with ``subprocess.Popen`` and no options:
+    give that one call ``start_new_session=True``."""
+    from prefect.server.api import server
+
+    start = server.SubprocessASGIServer._run_uvicorn_command
+
+    def in_its_own_session(self):
+        real_popen = subprocess.Popen
+        server.subprocess = types.SimpleNamespace(
+            Popen=functools.partial(real_popen, start_new_session=True)
+        )
+        try:
+            return start(self)
+        finally:
+            server.subprocess = subprocess
+
+    server.SubprocessASGIServer._run_uvicorn_command = in_its_own_session
 
 
 DASK_ADDRESS_ENV = "COMPARE_HEADS_DASK_ADDRESS"
@@ -72,6 +100,9 @@ def placement(config: RunConfig, prefect_api_url: str, tracking_uri: str) -> Pla
         "processes": True,
         "host": "127.0.0.1",
         "dashboard_address": None,
+        # Ctrl-C signals the terminal's whole process group, these workers included: they
+        # ignore it, and pause their models when the flow asks (train_models.stop).
+        "preload": ["tracking.dask_stop"],
         "env": worker_environment(prefect_api_url, tracking_uri, threads),
     }
     return Placement(

@@ -8,6 +8,8 @@ loads an entrypoint file under a bare module name that no other process can impo
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
@@ -92,10 +94,11 @@ def train_models(
 def stop(parent_id: str, pending: list) -> None:
     """Pause every model of this flow run at the end of its epoch, its checkpoint kept; those
     not started do not start. In this process the thread pool's exit then cancels the queued
-    models and waits for the one training. On Dask the signal reached only this process: each
-    worker is asked too, and this waits for their models, else a local cluster closed with
-    this process and its workers lost their epoch in progress. A second Ctrl-C or SIGTERM
-    ends the wait at once."""
+    models and waits for the one training. On Dask the signal reached only this process: the
+    workers are asked too (a worker plugin, so one that starts later is asked as well), and
+    this waits for their models, else a local cluster closed with this process and its
+    workers lost their epoch in progress. Not when the run is being cancelled (its runner
+    kills it 30 s after the signal), and a second Ctrl-C or SIGTERM ends the wait at once."""
     request_stop(parent_id)
     logger = get_run_logger()
     logger.warning(
@@ -103,15 +106,30 @@ def stop(parent_id: str, pending: list) -> None:
         "kept (running it again resumes it); kill -9 stops at once, losing that epoch"
     )
     workers = _dask_client()
-    if workers is None:
+    if workers is None or _cancelling():
         return
+    from tracking.dask_stop import PauseFlowRun
+
+    plugin = PauseFlowRun(parent_id)
     try:
-        workers.run(request_stop, parent_id, on_error="return")
+        workers.register_plugin(plugin)
     except Exception as error:  # the scheduler is gone: nothing left there to pause
         logger.warning("Could not ask the Dask workers to pause their models: %s", error)
         return
     wait(pending)
-    workers.run(clear_stop, parent_id, on_error="return")  # a scheduler's workers outlive it
+    with contextlib.suppress(Exception):  # never in place of the signal being handled
+        workers.unregister_worker_plugin(plugin.name)  # a scheduler's workers outlive it
+
+
+def _cancelling() -> bool:
+    """Whether Prefect's runner is cancelling this flow run (a deployment run cancelled in
+    the UI or CLI): it sends SIGTERM, then kills the process 30 s later, so waiting for an
+    epoch to end would only lose the clean-up."""
+    try:
+        from prefect._internal import control_listener
+    except ImportError:  # a Prefect without the control channel: no intent to read
+        return False
+    return control_listener.get_intent() == "cancel"
 
 
 def _dask_client():

@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 from gap_models import records
 from gap_models.data import local_cache
 from tasks import run_logger
-from tracking.cells import CellJob, TrainedRun, evaluate_cell, train_cell
+from tracking.cells import CellJob, TrainedRun, check_not_stopped, evaluate_cell, train_cell
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ def _brief(scores: dict[str, float]) -> str:
 def train_and_evaluate(job: CellJob) -> CellOutcome:
     """Train and score one cell on whichever process runs this: it reads the flow's
     preprocessed data where it can see it, or builds the same cache from the source."""
+    check_not_stopped(job)
     config = job.config
     here = local_cache(
         job.cache_dir, config.source, config.image_size, config.split, config.max_images

@@ -82,6 +82,13 @@ def clear_stop(parent_id: str) -> None:
     _STOPPED.discard(parent_id)
 
 
+def check_not_stopped(job: CellJob) -> None:
+    """RunStopped when the job's flow run was stopped before it began (queued on a Dask
+    worker): checked before anything, the photos' cache included."""
+    if job.parent_run_id in _STOPPED:
+        raise RunStopped(job.label)
+
+
 class RunStopped(RuntimeError):
     """A model of a stopped flow run that had not started: nothing of it was trained."""
 
@@ -279,8 +286,6 @@ def _open_child(mlflow_client, job: CellJob, key: str, logger) -> str:
 def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> TrainedRun:
     """Train a fresh model for the job's head from its seed's initial weights, every epoch
     logged live; log the model (stock layers) and leave the run open for ``evaluate_cell``."""
-    if job.parent_run_id in _STOPPED:  # queued on a Dask worker when its flow run was stopped
-        raise RunStopped(job.label)
     mlflow_client = client()
     key = job.key()
     adopted = _adopt(mlflow_client, job, key, logger)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -80,16 +81,19 @@ def test_rerun_after_a_crash_reuses_finished_heads(
     assert "ended without closing" in client.get_run(orphan).data.tags["compare_heads.failure"]
 
 
-@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "dask-worker"])
-def test_a_sigterm_pauses_the_model_in_training_at_its_epochs_end_with_its_checkpoint(
-    tmp_path, tracking_uri, prefect_harness, workers
+@pytest.mark.parametrize(
+    ("workers", "ctrl_c"), [(0, False), (1, True)], ids=["sigterm-in-process", "ctrl-c-on-dask"]
+)
+def test_a_stop_pauses_the_model_in_training_at_its_epochs_end_with_its_checkpoint(
+    tmp_path, tracking_uri, prefect_harness, workers, ctrl_c
 ):
     """SIGTERM (or Ctrl-C) reaches the flow's thread, not the one training: the flow used to
     wait for the model to finish all its epochs. Now the model pauses at its epoch's end with
-    its checkpoint, and the process exits (143) with nothing left running: a kill skipped the
-    clean-up that stops the temporary Prefect server it started for itself. On a local Dask
-    cluster the signal reaches only the flow's process: its worker used to be closed with
-    it, the epoch in progress and the checkpoint's last epochs lost."""
+    its checkpoint, and the process exits (143, or 130 after Ctrl-C) with nothing left
+    running: a kill skipped the clean-up that stops the temporary Prefect server it started
+    for itself. Ctrl-C in a terminal signals the whole process group: that server stopped
+    at once, and the run retried its calls for 5 minutes to end with status 1. On a local
+    Dask cluster the worker was closed with the run (or by Ctrl-C), its epoch lost."""
     source = make_pet_images(tmp_path / "photos", per_class=30, size=32)
     epochs = 300  # a fraction of a second each: minutes to run them all
     log = tmp_path / "run.log"
@@ -106,17 +110,26 @@ def test_a_sigterm_pauses_the_model_in_training_at_its_epochs_end_with_its_check
             assert child.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no third epoch in 10 minutes"
             time.sleep(0.2)
-        child.send_signal(signal.SIGTERM)
+        if ctrl_c:  # what a terminal does: SIGINT to its whole foreground process group
+            os.killpg(child.pid, signal.SIGINT)
+        else:
+            child.send_signal(signal.SIGTERM)
         child.wait(timeout=600)
-        # Anything of its process group still alive, its temporary Prefect server above all
-        # (an exited process not reaped yet, a zombie, is not alive).
-        left_behind = live_members(child.pid)
+        # Anything of its process group still alive after a while (a Dask worker may still
+        # be on its way out; an exited process not reaped yet, a zombie, is not alive).
+        settled = time.monotonic() + 30
+        while (left_behind := live_members(child.pid)) and time.monotonic() < settled:
+            time.sleep(0.5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
     text = log.read_text()
     # An exit, not a kill: its clean-up ran (a kill left that server running, orphaned).
-    assert child.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert child.returncode == 128 + (signal.SIGINT if ctrl_c else signal.SIGTERM), text[-3000:]
     assert not left_behind, f"processes of the paused run outlived it: {left_behind}"
+    # That server runs in a session of its own (out of Ctrl-C's reach): stopped all the same.
+    port = int(re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", text).group(1))
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
     assert "Stopping: the model in training pauses at the end of its epoch" in text
     paused = re.search(r"paused after epoch (\d+) of 300", text)
     assert paused, text[-3000:]

@@ -134,9 +134,9 @@ def test_a_stop_request_pauses_only_its_own_flow_runs_models():
         CellJob,
         RunStopped,
         TrainingDeadline,
+        check_not_stopped,
         clear_stop,
         request_stop,
-        train_cell,
     )
 
     stopped, other = TrainingDeadline(None, "parent-a"), TrainingDeadline(None, "parent-b")
@@ -148,11 +148,22 @@ def test_a_stop_request_pauses_only_its_own_flow_runs_models():
         assert not other < 1e9  # another flow run's model trains on
         job = CellJob("cache", "gap", 0, RunConfig(), "1", "parent-a")
         with pytest.raises(RunStopped, match="gap seed 0: not started"):
-            train_cell(job, None)
+            check_not_stopped(job)
         assert pickle.loads(pickle.dumps(RunStopped("gap seed 0"))).label == "gap seed 0"
     finally:
         clear_stop("parent-a")
     assert not stopped < 1e9
+
+    # On Dask the request is a worker plugin: set up on each worker, those that join later
+    # too; removed after the run, it clears the request on the workers that outlive it.
+    from tracking.dask_stop import PauseFlowRun
+
+    plugin = pickle.loads(pickle.dumps(PauseFlowRun("parent-a")))
+    plugin.setup(worker=None)
+    assert stopped < 1e9 and not other < 1e9
+    plugin.teardown(worker=None)
+    assert not stopped < 1e9
+    assert plugin.name != PauseFlowRun("parent-b").name  # one per flow run
 
 
 def test_a_fit_that_had_decided_to_end_trains_no_more_when_resumed(tmp_path):
