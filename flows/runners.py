@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import types
+import signal
 from dataclasses import dataclass
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -24,33 +23,32 @@ from gap_models.config import RunConfig
 def patient_temporary_server() -> None:
     """An in-process flow run starts a temporary Prefect server unless PREFECT_API_URL names
     one (`make up`'s); on a busy machine it can take far longer than Prefect's 20 s default
-    to start. A user's own setting wins. The server runs in a session of its own: Ctrl-C in
-    a terminal signals the whole foreground process group, and a server stopped by it left
-    the pausing run retrying its calls for 5 minutes, to end with status 1. This process
-    stops it at its exit, as before."""
+    to start. A user's own setting wins. And Ctrl-C does not reach that server: a terminal
+    signals its whole foreground process group, and a server stopped by it left the pausing
+    run retrying its calls for 5 minutes, to end with status 1. This process stops it at its
+    exit, as before."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
-    _server_in_its_own_session()
+    _server_deaf_to_ctrl_c()
 
 
 @functools.cache
-def _server_in_its_own_session() -> None:
-    """Prefect (3.9) starts the temporary server with ``subprocess.Popen`` and no options:
-    give that one call ``start_new_session=True``."""
+def _server_deaf_to_ctrl_c() -> None:
+    """Prefect (3.9) starts the temporary server with a bare ``subprocess.Popen``: start it
+    with SIGINT blocked, a mask the child keeps through exec (uvicorn sets handlers, not
+    masks), so it stays in this process group (a kill of the group ends it) and ends only
+    when stopped."""
     from prefect.server.api import server
 
     start = server.SubprocessASGIServer._run_uvicorn_command
 
-    def in_its_own_session(self):
-        real_popen = subprocess.Popen
-        server.subprocess = types.SimpleNamespace(
-            Popen=functools.partial(real_popen, start_new_session=True)
-        )
+    def without_ctrl_c(self):
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             return start(self)
-        finally:
-            server.subprocess = subprocess
+        finally:  # a Ctrl-C meanwhile was held pending, and is delivered here
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    server.SubprocessASGIServer._run_uvicorn_command = in_its_own_session
+    server.SubprocessASGIServer._run_uvicorn_command = without_ctrl_c
 
 
 DASK_ADDRESS_ENV = "COMPARE_HEADS_DASK_ADDRESS"

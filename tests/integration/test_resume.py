@@ -126,7 +126,7 @@ def test_a_stop_pauses_the_model_in_training_at_its_epochs_end_with_its_checkpoi
     # An exit, not a kill: its clean-up ran (a kill left that server running, orphaned).
     assert child.returncode == 128 + (signal.SIGINT if ctrl_c else signal.SIGTERM), text[-3000:]
     assert not left_behind, f"processes of the paused run outlived it: {left_behind}"
-    # That server runs in a session of its own (out of Ctrl-C's reach): stopped all the same.
+    # That server ignored Ctrl-C and was stopped by the run's exit.
     port = int(re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", text).group(1))
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
