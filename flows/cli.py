@@ -396,7 +396,10 @@ def study_best(
     same cell trained here, held to its own test figure). With --score SOURCE, its accuracy
     on SOURCE's photos that its run never had, against its test figure: exit 1 when it lands
     further from it than the study's figures may (2 points)."""
+    from pydantic import ValidationError
+
     from flows.study import chosen_cell, chosen_lines
+    from gap_models.config import parameter_errors
     from gap_models.scoring import HOLDS_UP_WITHIN
     from tracking.runs import repo_root
 
@@ -409,9 +412,10 @@ def study_best(
         _, _, cell = chosen_cell(repo_root(), name)
         try:
             config = cell.config()
-        except ValueError as error:  # the study's photos are not on this machine
+        except ValidationError as error:  # the study's photos are not on this machine
             typer.echo("\n".join(lines))
-            typer.echo(f"cannot train {cell.arm} seed {cell.seed} here: {error}", err=True)
+            reasons = "; ".join(parameter_errors(error))
+            typer.echo(f"cannot train {cell.arm} seed {cell.seed} here: {reasons}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"training a model of {cell.arm} seed {cell.seed} here: {cell.run_command()}")
         _run_flow(config)

@@ -28,6 +28,7 @@
 #   COMPARE_HEADS_BIND_HOST (127.0.0.1)           interface both servers bind to
 #   COMPARE_HEADS_SERVICES_DIR (<repo>/.services) pid files, logs, the Prefect server's home
 #   COMPARE_HEADS_MLFLOW_DIR (<repo>/mlflow)      mlflow.db, artifacts/, server.log
+#   COMPARE_HEADS_ARTIFACTS (<mlflow dir>/artifacts) the MLflow artifact store: a folder or s3://, gs://
 #   COMPARE_HEADS_WORK_POOL (compare-heads-pool)  the process work pool the worker polls
 #   COMPARE_HEADS_WORKER_LIMIT (1)                flow runs the worker runs at once
 #   COMPARE_HEADS_WRITE_PREFECT_TOML (1)          0: leave <repo>/prefect.toml alone (tests)
