@@ -58,24 +58,14 @@ def train_models(
     RUNNING (an attempt on a lost worker is closed FAILED). Stopped (Ctrl-C, SIGTERM), every
     model in training pauses at its epoch's end with its checkpoint (``stop``)."""
     clear_stop(parent_id)
-    submitted = [
-        train_and_evaluate.submit(
-            CellJob(
-                cache_dir,
-                head,
-                seed,
-                config,
-                experiment_id,
-                parent_id,
-                skipped_images,
-                position=(index, len(cells)),
-            )
-        )
-        for index, (head, seed) in enumerate(cells, start=1)
-    ]
+    submitted: list = []
     outcomes: dict[int, CellOutcome] = {}
-    order = {id(future): index for index, future in enumerate(submitted)}
-    try:
+    try:  # a signal while submitting (a local cluster starting) stops what was submitted
+        for index, (head, seed) in enumerate(cells, start=1):
+            job = CellJob(cache_dir, head, seed, config, experiment_id, parent_id,
+                          skipped_images, position=(index, len(cells)))  # fmt: skip
+            submitted.append(train_and_evaluate.submit(job))
+        order = {id(future): index for index, future in enumerate(submitted)}
         for future in as_completed(submitted):
             outcomes[order[id(future)]] = future.result()
             release(future)
@@ -136,7 +126,9 @@ def _dask_client():
     """The Dask client of this flow's task runner, None when models train in this process."""
     runner = FlowRunContext.get().task_runner
     if type(runner).__module__.startswith("prefect_dask"):
-        return runner.client
+        # Its client once made (the ``client`` property would start a cluster if stopped
+        # while the first one was starting).
+        return getattr(runner, "_client", None)
     return None
 
 
