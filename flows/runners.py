@@ -39,7 +39,9 @@ def _server_deaf_to_ctrl_c() -> None:
     when stopped."""
     from prefect.server.api import server
 
-    start = server.SubprocessASGIServer._run_uvicorn_command
+    start = getattr(server.SubprocessASGIServer, "_run_uvicorn_command", None)
+    if start is None:  # another Prefect: leave its server as it starts it (the drill tells)
+        return
 
     def without_ctrl_c(self):
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
