@@ -129,14 +129,9 @@ def _stale_cells(root: Path, study: Study, found: dict[str, CellRecord | None]) 
     key their cell has today, as ``compare-heads study status`` judges it. Where the study's
     source cannot be read here, its data is taken to be the record's own, so a change of
     code or settings still shows."""
-    from gap_models.config import TFDS_PREFIX
     from gap_models.study_state import cell_states
 
-    sources = {cell.source for cell in study.cells(root)}
-    readable = all(s.startswith(TFDS_PREFIX) or Path(s).expanduser().exists() for s in sources)
-    try:
-        if not readable:  # a missing source would fingerprint as empty: every key differs
-            raise FileNotFoundError(sources)
+    try:  # FileNotFoundError where the study's photos are not
         today = {state.cell.file_stem: state.key for state in cell_states(root, study)}
     except (OSError, ValueError):
         version = code_version()

@@ -581,3 +581,20 @@ def test_study_best_says_clearly_when_there_is_nothing_to_hand_over(tmp_path, mo
     )
     result = CliRunner().invoke(app, ["study", "best", "nosuch"])
     assert result.exit_code == 2 and "nosuch" in result.output
+
+
+def test_committed_records_read_the_same_on_a_machine_without_the_studys_photos(tmp_path):
+    """A fresh clone without ../shared: the answer still reads from the records (no cell
+    turns stale for want of the photos) and the same section renders."""
+    import shutil
+
+    from gap_models.study_report import analyse_study
+
+    shutil.copytree(ROOT / "studies", tmp_path / "repo" / "studies")
+    elsewhere = analyse_study(tmp_path / "repo", "deep_trunk")
+    here = analyse_study(ROOT, "deep_trunk")
+    source = next(iter(elsewhere.study.cells(tmp_path / "repo"))).source
+    assert not Path(source).exists()
+    assert elsewhere.stale_cells == here.stale_cells == frozenset()
+    rendered, _ = render(tmp_path / "repo", "deep_trunk", "studies/deep_trunk", draw=False)
+    assert rendered.rstrip() == committed_section((ROOT / RESULTS).read_text(), "deep_trunk")
