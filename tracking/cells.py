@@ -90,14 +90,17 @@ def check_not_stopped(job: CellJob) -> None:
 
 
 class RunStopped(RuntimeError):
-    """A model of a stopped flow run that had not started: nothing of it was trained."""
+    """A model of a stopped flow run that had not started (nothing of it was trained), or
+    that trained without a checkpoint (``how``): another process trains the same model and
+    keeps the checkpoint, so ending this one at its epoch's end loses nothing."""
 
-    def __init__(self, label: str) -> None:
-        super().__init__(f"{label}: not started, its flow run was stopped")
+    def __init__(self, label: str, how: str = "not started") -> None:
+        super().__init__(f"{label}: {how}, its flow run was stopped")
         self.label = label
+        self.how = how
 
     def __reduce__(self):  # crosses processes (a Dask worker's task) whole
-        return type(self), (self.label,)
+        return type(self), (self.label, self.how)
 
 
 class TrainingDeadline:
@@ -316,6 +319,12 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
                 job.label, epoch, job.config.epochs, metrics, job.position, seconds
             )
             logger.info(line)
+            if saved is None and job.parent_run_id in _STOPPED:  # no checkpoint to pause at
+                raise RunStopped(
+                    job.label,
+                    f"ended after epoch {epoch} without a checkpoint (another process "
+                    "is training this model and keeps its checkpoint)",
+                )
 
         with claimed_checkpoint(key) as saved:
             if saved is None:

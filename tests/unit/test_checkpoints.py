@@ -166,6 +166,57 @@ def test_a_stop_request_pauses_only_its_own_flow_runs_models():
     assert plugin.name != PauseFlowRun("parent-b").name  # one per flow run
 
 
+def test_a_stop_ends_a_model_that_trains_without_its_checkpoint(tmp_path, tracking_uri):
+    """The same model trained twice at once: the second trainer has no checkpoint to pause
+    at, so a stop ends it at its epoch's end (the first keeps the checkpoint); it used to
+    train on to its last epoch while the stopping run waited for it."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    from gap_models.config import RunConfig
+    from gap_models.data import preprocess
+    from tests.fixtures import make_pet_images
+    from tracking.cells import (
+        CellJob,
+        RunStopped,
+        claimed_checkpoint,
+        clear_stop,
+        request_stop,
+        train_cell,
+    )
+
+    source = make_pet_images(tmp_path / "photos", per_class=20, size=32)
+    prepared = preprocess(str(source), image_size=32, cache_root=tmp_path / "photos-cache")
+    config = RunConfig(source=str(source), image_size=32, epochs=5, batch_size=16,
+                       heads=["gap"], precision="float32")  # fmt: skip
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("stops")
+    parent = client.create_run(experiment).info.run_id
+    job = CellJob(str(prepared.cache_dir), "gap", 0, config, experiment, parent)
+
+    class StopAfterFirstEpoch(logging.Handler):  # the signal, as the first epoch ends
+        def emit(self, record):
+            if "epoch 1/5" in record.getMessage():
+                request_stop(parent)
+
+    logger = logging.getLogger("test-stop-without-checkpoint")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler := StopAfterFirstEpoch())
+    try:
+        with claimed_checkpoint(job.key()) as held:  # another trainer keeps the checkpoint
+            assert held is not None
+            with pytest.raises(RunStopped, match="ended after epoch 1 without a checkpoint"):
+                train_cell(job, logger)
+    finally:
+        logger.removeHandler(handler)
+        clear_stop(parent)
+        client.set_terminated(parent)
+    [child] = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert child.info.status == "FAILED"
+    assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == 1
+
+
 def test_a_fit_that_had_decided_to_end_trains_no_more_when_resumed(tmp_path):
     """Killed between the epoch that ended the fit (early stopping fired) and the fit's
     end: the resumed fit trains no further epoch, it only ends."""
