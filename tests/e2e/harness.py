@@ -30,6 +30,9 @@ DEEP = "compare-heads/compare-heads-deep"
 WATCH = "watch-source/compare-heads-watch"
 STARTUP_SECONDS = 300
 FLOW_RUN_SECONDS = 600
+# One HTTP request to a server: generous, since a busy 2-core machine's SQLite-backed
+# Prefect server can stall a request for many seconds (a bound, not a measurement).
+REQUEST_SECONDS = 120
 # Images per class of the generated data set: large enough that a test split of about a
 # dozen images exists, small enough that a run takes seconds.
 IMAGES_PER_CLASS = 60
@@ -282,7 +285,7 @@ def prefect_api(services: Services, method: str, path: str, body: dict | None = 
         f"{services.prefect_api_url}{path}",
         json=body,
         auth=tuple(credentials.split(":", 1)) if credentials else None,
-        timeout=10,
+        timeout=REQUEST_SECONDS,
     )
     response.raise_for_status()
     return response.json()

@@ -24,6 +24,7 @@ import pytest
 
 from tests.e2e.harness import (
     ON_DEMAND,
+    REQUEST_SECONDS,
     VENV_BIN,
     Services,
     child_runs_of,
@@ -190,16 +191,15 @@ def authenticated(monkeypatch):
 def test_both_servers_run_on_postgres_and_refuse_anonymous_requests(cluster_services):
     services, _cluster = cluster_services
     mlflow_search = f"{services.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=5"
-    assert httpx.get(mlflow_search, timeout=10).status_code == 401
-    assert httpx.get(mlflow_search, auth=(MLFLOW_USER, "wrong"), timeout=10).status_code == 401
-    assert (
-        httpx.get(mlflow_search, auth=(MLFLOW_USER, MLFLOW_PASSWORD), timeout=10).status_code == 200
-    )
     flows = f"{services.prefect_api_url}/flows/filter"
-    assert httpx.post(flows, json={}, timeout=10).status_code == 401
     user, password = PREFECT_AUTH.split(":")
-    assert httpx.post(flows, json={}, auth=(user, "wrong"), timeout=10).status_code == 401
-    assert httpx.post(flows, json={}, auth=(user, password), timeout=10).status_code == 200
+    with httpx.Client(timeout=REQUEST_SECONDS) as http:
+        assert http.get(mlflow_search).status_code == 401
+        assert http.get(mlflow_search, auth=(MLFLOW_USER, "wrong")).status_code == 401
+        assert http.get(mlflow_search, auth=(MLFLOW_USER, MLFLOW_PASSWORD)).status_code == 200
+        assert http.post(flows, json={}).status_code == 401
+        assert http.post(flows, json={}, auth=(user, "wrong")).status_code == 401
+        assert http.post(flows, json={}, auth=(user, password)).status_code == 200
     # Neither server made a SQLite file: their stores are the PostgreSQL databases.
     assert not (services.home / "mlflow" / "mlflow.db").exists()
     assert not (services.home / "services" / "prefect" / "prefect.db").exists()
