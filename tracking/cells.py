@@ -21,7 +21,12 @@ from datetime import datetime
 from pathlib import Path
 
 from gap_models import identity, protocols, records
-from gap_models.checkpoints import checkpoint_dir, checkpointed_epochs, remove_checkpoint
+from gap_models.checkpoints import (
+    TrainingPaused,
+    checkpoint_dir,
+    checkpointed_epochs,
+    remove_checkpoint,
+)
 from gap_models.config import RunConfig
 from gap_models.data import cached_class_names, default_cache_dir, read_manifest
 from gap_models.evaluation import score_cell
@@ -117,6 +122,33 @@ class TrainingDeadline:
 
     def __lt__(self, later: float) -> bool:
         return self.parent_id in _STOPPED or (self.at is not None and self.at < later)
+
+
+class StopPaused(TrainingPaused):
+    """A fit paused by a stop request (SIGTERM, Ctrl-C, a cancelled flow run), said so:
+    ``TrainingPaused``'s own message names the training deadline (it lives in training code;
+    see ``TrainingDeadline``)."""
+
+    def __init__(self, epochs_done: int, epochs: int, directory: Path) -> None:
+        super().__init__(epochs_done, epochs, directory)
+        self.args = (
+            f"paused after epoch {epochs_done} of {epochs} on a stop request (a signal or a "
+            f"cancel); its checkpoint is kept in {directory}: run the same model again to "
+            "resume",
+        )
+
+
+def _fit_until_stopped(job: CellJob, model, on_epoch, saved: Path | None):
+    """``fit_head`` for the job, paused at ``train_until()`` or by a stop request."""
+    try:
+        return fit_head(
+            model, job.seed, job.config, job.cache_dir, on_epoch, saved,
+            TrainingDeadline(train_until(), job.parent_run_id),
+        )  # fmt: skip
+    except TrainingPaused as paused:
+        if job.parent_run_id not in _STOPPED:
+            raise
+        raise StopPaused(paused.epochs_done, paused.epochs, paused.directory) from None
 
 
 @contextlib.contextmanager
@@ -219,10 +251,7 @@ def _article_backbone(job: CellJob, num_classes: int, logger) -> protocols.Backb
                 return cached
             if done := checkpointed_epochs(saved):
                 logger.info("%s: resuming from its checkpoint after epoch %d", label, done)
-            fit_head(
-                model, job.seed, job.config, job.cache_dir, on_epoch, saved,
-                TrainingDeadline(train_until(), job.parent_run_id),
-            )  # fmt: skip
+            _fit_until_stopped(job, model, on_epoch, saved)
             weights = protocols.backbone_weights(model)
             protocols.save_step(default_cache_dir(), step, weights)  # then its checkpoint goes
             remove_checkpoint(saved)
@@ -337,15 +366,7 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
                     "%s: resuming from its checkpoint after epoch %d of %d (%s)",
                     job.label, done, job.config.epochs, saved,
                 )  # fmt: skip
-            result = fit_head(
-                model,
-                job.seed,
-                job.config,
-                job.cache_dir,
-                on_epoch,
-                saved,
-                TrainingDeadline(train_until(), job.parent_run_id),
-            )
+            result = _fit_until_stopped(job, model, on_epoch, saved)
         checkpoint_key = key if saved is not None else ""
         if _replays(job):  # the next head of the chain starts from this backbone
             chain = (*protocols.predecessors(job.head), job.head)

@@ -131,7 +131,7 @@ def test_a_stop_pauses_the_model_in_training_at_its_epochs_end_with_its_checkpoi
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
     assert "Stopping: the model in training pauses at the end of its epoch" in text
-    paused = re.search(r"paused after epoch (\d+) of 300", text)
+    paused = re.search(r"paused after epoch (\d+) of 300 on a stop request", text)
     assert paused, text[-3000:]
     stopped_at = int(paused.group(1))
     assert 3 <= stopped_at < epochs / 2  # it stopped, not ran on to the end

@@ -133,6 +133,7 @@ def test_a_stop_request_pauses_only_its_own_flow_runs_models():
     from tracking.cells import (
         CellJob,
         RunStopped,
+        StopPaused,
         TrainingDeadline,
         check_not_stopped,
         clear_stop,
@@ -150,6 +151,9 @@ def test_a_stop_request_pauses_only_its_own_flow_runs_models():
         with pytest.raises(RunStopped, match="gap seed 0: not started"):
             check_not_stopped(job)
         assert pickle.loads(pickle.dumps(RunStopped("gap seed 0"))).label == "gap seed 0"
+        paused = pickle.loads(pickle.dumps(StopPaused(3, 7, "cell")))  # from a Dask worker
+        assert isinstance(paused, TrainingPaused) and paused.epochs_done == 3
+        assert str(paused).startswith("paused after epoch 3 of 7 on a stop request")
     finally:
         clear_stop("parent-a")
     assert not stopped < 1e9
