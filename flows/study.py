@@ -49,7 +49,7 @@ from gap_models.study_state import (
     seconds_per_flop,
     train_images,
 )
-from tracking.cells import TRAIN_UNTIL_ENV
+from tracking.cells import TRAIN_UNTIL_ENV, StopPaused
 from tracking.runs import repo_root
 
 Say = Callable[[str], None]
@@ -371,9 +371,11 @@ def run_studies(names: list[str], budget_minutes: float | None = None, root: Pat
             except TrainingPaused as paused:
                 step = Path(paused.directory).name.startswith(step_checkpoint_key(""))
                 what = f"{name} in the step of its chain it trains first" if step else name
+                stopped = isinstance(paused, StopPaused)
+                why = "on a stop request" if stopped else "at the end of the budget"
                 say(
-                    f"paused {what} after epoch {paused.epochs_done} of {paused.epochs} at "
-                    f"the end of the budget; `compare-heads study run {study.name}` resumes it"
+                    f"paused {what} after epoch {paused.epochs_done} of {paused.epochs} "
+                    f"{why}; `compare-heads study run {study.name}` resumes it"
                 )
                 break
     return {

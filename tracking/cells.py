@@ -348,7 +348,9 @@ def train_cell(job: CellJob, logger: logging.Logger | logging.LoggerAdapter) -> 
                 job.label, epoch, job.config.epochs, metrics, job.position, seconds
             )
             logger.info(line)
-            if saved is None and job.parent_run_id in _STOPPED:  # no checkpoint to pause at
+            ending = epoch >= job.config.epochs or model.stop_training  # its last epoch
+            if saved is None and job.parent_run_id in _STOPPED and not ending:
+                # no checkpoint to pause at: end it (the other trainer keeps one)
                 raise RunStopped(
                     job.label,
                     f"ended after epoch {epoch} without a checkpoint (another process "

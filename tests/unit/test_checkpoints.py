@@ -173,7 +173,8 @@ def test_a_stop_request_pauses_only_its_own_flow_runs_models():
 def test_a_stop_ends_a_model_that_trains_without_its_checkpoint(tmp_path, tracking_uri):
     """The same model trained twice at once: the second trainer has no checkpoint to pause
     at, so a stop ends it at its epoch's end (the first keeps the checkpoint); it used to
-    train on to its last epoch while the stopping run waited for it."""
+    train on to its last epoch while the stopping run waited for it. A stop during its last
+    epoch lets it finish: its model is whole."""
     import logging
 
     from mlflow.tracking import MlflowClient
@@ -192,33 +193,43 @@ def test_a_stop_ends_a_model_that_trains_without_its_checkpoint(tmp_path, tracki
 
     source = make_pet_images(tmp_path / "photos", per_class=20, size=32)
     prepared = preprocess(str(source), image_size=32, cache_root=tmp_path / "photos-cache")
-    config = RunConfig(source=str(source), image_size=32, epochs=5, batch_size=16,
-                       heads=["gap"], precision="float32")  # fmt: skip
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("stops")
-    parent = client.create_run(experiment).info.run_id
-    job = CellJob(str(prepared.cache_dir), "gap", 0, config, experiment, parent)
 
-    class StopAfterFirstEpoch(logging.Handler):  # the signal, as the first epoch ends
+    class StopAtFirstEpoch(logging.Handler):  # the signal, as the first epoch ends
+        parent = ""
+
         def emit(self, record):
-            if "epoch 1/5" in record.getMessage():
-                request_stop(parent)
+            if " epoch 1/" in record.getMessage():
+                request_stop(self.parent)
 
     logger = logging.getLogger("test-stop-without-checkpoint")
     logger.setLevel(logging.INFO)
-    logger.addHandler(handler := StopAfterFirstEpoch())
+    logger.addHandler(handler := StopAtFirstEpoch())
+
+    def train_second(epochs: int):
+        """Train the model while this test holds its checkpoint, as another trainer would."""
+        config = RunConfig(source=str(source), image_size=32, epochs=epochs, batch_size=16,
+                           heads=["gap"], precision="float32")  # fmt: skip
+        handler.parent = client.create_run(experiment).info.run_id
+        job = CellJob(str(prepared.cache_dir), "gap", 0, config, experiment, handler.parent)
+        try:
+            with claimed_checkpoint(job.key()) as held:
+                assert held is not None
+                return train_cell(job, logger)
+        finally:
+            clear_stop(handler.parent)
+            client.set_terminated(handler.parent)
+
     try:
-        with claimed_checkpoint(job.key()) as held:  # another trainer keeps the checkpoint
-            assert held is not None
-            with pytest.raises(RunStopped, match="ended after epoch 1 without a checkpoint"):
-                train_cell(job, logger)
+        with pytest.raises(RunStopped, match="ended after epoch 1 without a checkpoint"):
+            train_second(epochs=5)
+        assert train_second(epochs=1).model_uri  # stopped in its last epoch: it ends whole
     finally:
         logger.removeHandler(handler)
-        clear_stop(parent)
-        client.set_terminated(parent)
-    [child] = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
-    assert child.info.status == "FAILED"
-    assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == 1
+    children = client.search_runs([experiment], "tags.`mlflow.parentRunId` != ''")
+    stopped = next(run for run in children if run.info.status == "FAILED")
+    assert len(client.get_metric_history(stopped.info.run_id, "val_accuracy")) == 1
 
 
 def test_a_fit_that_had_decided_to_end_trains_no_more_when_resumed(tmp_path):

@@ -70,7 +70,18 @@ def test_a_study_run_trains_cells_that_fit_before_one_that_would_pause(tiny_root
     assert trained == [("gap", 0), ("gap", 1), ("fc", 0)]
     assert said[1].startswith("passing over fc seed 0 for now: it needs about 40 min")
     assert said[-2].startswith("training fc seed 0 (missing) until the budget ends")
-    assert said[-1].startswith("paused fc seed 0 after epoch 7 of 40")
+    assert said[-1].startswith("paused fc seed 0 after epoch 7 of 40 at the end of the budget")
+
+    # Paused by a stop request instead (SIGTERM, Ctrl-C): said so, not blamed on the budget.
+    from tracking.cells import StopPaused
+
+    def stopped(root, study, state, say):
+        raise StopPaused(3, 40, tiny_root / "checkpoint")
+
+    monkeypatch.setattr(flows.study, "_train_cell", stopped)
+    said.clear()
+    run_study("tiny", budget_minutes=25, root=tiny_root, say=said.append)
+    assert said[-1].startswith("paused gap seed 0 after epoch 3 of 40 on a stop request;")
 
 
 def test_a_cell_is_sized_at_the_rate_of_its_own_trunk_on_this_cpu(tmp_path, monkeypatch):
