@@ -433,9 +433,8 @@ start_mlflow() {
         start_detached mlflow "$VENV_BIN/mlflow" server \
             --host "$BIND_HOST" --port "$MLFLOW_PORT" --workers 2 \
             --artifacts-destination "$ARTIFACTS" "${auth_args[@]}"
-    wait_healthy mlflow "$MLFLOW_URL/health"
-    record_settings mlflow
-    log "mlflow   started      $MLFLOW_URL (pid $(live_pid mlflow), log $(log_file mlflow))"
+    record_settings mlflow # at launch (see await_started)
+    STARTING+=(mlflow)
 }
 
 start_prefect() {
@@ -448,9 +447,7 @@ start_prefect() {
     local database_url="" auth_string=""
     uses_postgres && database_url="$(pg_url asyncpg "$PREFECT_DB")"
     if [[ "$PREFECT_AUTH" == 1 ]]; then
-        [[ "${PREFECT_API_AUTH_STRING:-}" == ?*:?* ]] || fail "COMPARE_HEADS_PREFECT_AUTH=1" \
-            "needs PREFECT_API_AUTH_STRING=user:password (the server checks it, clients send it)"
-        auth_string="$PREFECT_API_AUTH_STRING"
+        auth_string="$PREFECT_API_AUTH_STRING" # checked by check_prefect_auth
         log "prefect  basic auth on: clients send PREFECT_API_AUTH_STRING"
     fi
     # Only the server gets these; unset, Prefect keeps SQLite under PREFECT_HOME, no auth.
@@ -460,9 +457,19 @@ start_prefect() {
         start_detached prefect "$VENV_BIN/prefect" server start \
             --host "$BIND_HOST" --port "$PREFECT_PORT"
     )
-    wait_healthy prefect "$PREFECT_API/health"
     record_settings prefect
-    log "prefect  started      $PREFECT_UI_URL (pid $(live_pid prefect), log $(log_file prefect))"
+    STARTING+=(prefect)
+}
+
+# The servers start side by side (each spends seconds importing, on its own core), then
+# each is waited for. One already up was not started. Settings are recorded at launch, so
+# a server left running by a failed `up` (the other server failed) is known next time.
+STARTING=()
+await_started() {
+    local name="$1" health="$2" shown="$3"
+    [[ " ${STARTING[*]} " == *" $name "* ]] || return 0
+    wait_healthy "$name" "$health"
+    log "$(printf '%-8s' "$name") started      $shown (pid $(live_pid "$name"), log $(log_file "$name"))"
 }
 
 ensure_work_pool() {
@@ -565,14 +572,25 @@ check_port() {
     fi
 }
 
+# Before anything starts: the servers start side by side, and one must not be left running
+# because the other's settings were incomplete.
+check_prefect_auth() {
+    [[ "$PREFECT_AUTH" != 1 || "${PREFECT_API_AUTH_STRING:-}" == ?*:?* ]] \
+        || fail "COMPARE_HEADS_PREFECT_AUTH=1 needs PREFECT_API_AUTH_STRING=user:password" \
+            "(the server checks it, clients send it)"
+}
+
 cmd_up() {
     check_port MLFLOW_PORT "$MLFLOW_PORT"
     check_port PREFECT_PORT "$PREFECT_PORT"
+    [[ "$MLFLOW_PORT" != "$PREFECT_PORT" ]] \
+        || fail "MLFLOW_PORT and PREFECT_PORT are both $MLFLOW_PORT: give them different ports"
     [[ -x "$VENV_BIN/mlflow" && -x "$VENV_BIN/prefect" ]] \
         || fail "$VENV_BIN has no mlflow/prefect; run 'make venv' first"
     mkdir -p "$SERVICES_DIR" "$MLFLOW_DIR"
     check_bind
     check_database_setting
+    check_prefect_auth
     log "binding to $BIND_HOST (set COMPARE_HEADS_BIND_HOST to change)"
     if [[ "$DATABASE" == postgres ]]; then
         start_postgres
@@ -580,10 +598,12 @@ cmd_up() {
         create_databases
     fi
     start_mlflow
+    start_prefect
+    await_started mlflow "$MLFLOW_URL/health" "$MLFLOW_URL"
     # Clients of this checkout find the server here when MLFLOW_TRACKING_URI is unset
     # (tracking/runs.py): `compare-heads predict` after `make up` needs no export.
     printf '%s\n' "$MLFLOW_URL" >"$SERVICES_DIR/mlflow_url"
-    start_prefect
+    await_started prefect "$PREFECT_API/health" "$PREFECT_UI_URL"
     write_prefect_toml
     ensure_work_pool
     "$VENV_BIN/python" "$ROOT/scripts/zombie_automation.py" --within "$ZOMBIE_SECONDS" >/dev/null \
