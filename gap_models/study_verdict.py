@@ -40,8 +40,10 @@ def questions(root: Path) -> list[StudyEvidence]:
     return sorted(asked, key=lambda s: (s.study.rank, s.study.name))
 
 
-def _status(studied: StudyEvidence) -> tuple[str, bool]:
-    """The cells recorded of all, what is missing or stale, and whether the answer is final."""
+def _status(studied: StudyEvidence, by_name: dict[str, StudyEvidence]) -> tuple[str, bool]:
+    """The cells recorded of all, what is missing or stale, and whether the answer is final.
+    A study read against a baseline is final only once the baseline study is too: its
+    answer reads the baseline's own tests (the fresh-backbone ordering), over all its cells."""
     total = len(studied.present) + len(studied.missing)
     parts = [f"{len(studied.present)} of {total} cells recorded"]
     if studied.stale:
@@ -57,6 +59,17 @@ def _status(studied: StudyEvidence) -> tuple[str, bool]:
             f"{len(studied.baseline)} stale"
         )
     final = not studied.missing and not studied.stale and not baseline_stale
+    name = studied.study.analysis.baseline
+    if name and studied.analysis is not None and final:
+        base = by_name[name]
+        unsettled = base.stale + len(base.missing)
+        if unsettled:
+            total = len(base.present) + len(base.missing)
+            parts.append(
+                f"the baseline `{name}` tests it reads: {unsettled} of its {total} cells "
+                "missing or stale"
+            )
+            final = False
     return ", ".join(parts), final
 
 
@@ -203,8 +216,11 @@ def render_verdict(root: Path, figure_folder: str, draw: bool = True) -> tuple[s
         "equivalence is two one-sided tests within the study's margin.",
         "",
     ]
+    by_name = {s.study.name: s for s in studied}
+    for name in {s.study.analysis.baseline for s in studied} - set(by_name) - {None, ""}:
+        by_name[name] = analyse_study(root, name)
     for number, s in enumerate(studied, start=1):
-        status, final = _status(s)
+        status, final = _status(s, by_name)
         word = "Final" if final else "Provisional"
         lines += [
             f"**{number}. {s.study.question}** Study `{s.study.name}` (its section below): "

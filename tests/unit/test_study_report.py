@@ -343,6 +343,18 @@ def test_a_protocols_ordering_is_set_against_its_baselines_fresh_backbones(tmp_p
     assert "- the declared ordering against `base`'s fresh backbones: with the protocol it is " in (
         verdict
     )
+    _make_current(tmp_path)
+    _make_current(tmp_path, "base")
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert "Study `synthetic` (its section below): 6 of 6 cells recorded. Final:" in verdict
+    # The baseline's own tests read every cell of it, a seed the study does not pair too:
+    # until that seed is in, the answer that reads them is not final either.
+    (tmp_path / "studies" / "base.toml").write_text(STUDY.replace("[0, 1, 2]", "[0, 1, 2, 3]"))
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert (
+        "6 of 6 cells recorded, the baseline `base` tests it reads: 2 of its 8 cells missing or "
+        "stale. Provisional:" in verdict
+    )
 
     for seed in (0, 1, 2):  # fresh backbones: gap right everywhere too, so the protocol did nothing
         _right_on_every_photo(tmp_path, "base", f"gap-seed{seed}")
