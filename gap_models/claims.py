@@ -100,7 +100,8 @@ def claims(analysis: Analysis, gap: str = "gap", fc: str = "fc") -> list[Claim]:
             "GAP turns feature maps into category confidence maps",
             SUPPORTED,
             "by construction: the class activation map's spatial mean plus the output bias is "
-            "the logit (checked numerically in the tests); cam_grid.png shows where it lies",
+            "the logit (checked numerically in the tests); a flow run's plots/cam_grid.png, or "
+            "`compare-heads cams MODEL_URI`, shows where it lies",
         )
     )
     return table

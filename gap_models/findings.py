@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from gap_models.claims import claims
-from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
+from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL, bootstrap_p_floor
 from gap_models.verdicts import (
     HOLDS_WITHOUT,
     NOT_REPRODUCED,
@@ -31,6 +31,18 @@ NOTE = (
     "photos, paired across arms); differences are counted in photos, then divided; each "
     "family of tests is Holm-adjusted over every comparison it declares."
 )
+
+
+def reading_note(draws: int) -> str:
+    """What an interval and a p-value of ``draws`` bootstrap replicates can and cannot say:
+    intervals are per comparison (the family's Holm p decides, so an interval may exclude 0
+    where the test does not), and a p-value has a floor."""
+    return (
+        "Each interval is of its own comparison, not adjusted for the family: the Holm p "
+        "decides (an interval may miss 0 where the family's test does not). With "
+        f"{draws:,} bootstrap draws no p-value goes below {bootstrap_p_floor(draws):.2g}: "
+        "a p there, and a Holm p made from it, is an upper bound."
+    )
 
 
 def _pct(value: float) -> str:
@@ -68,8 +80,10 @@ def call(d) -> str:
         return "significant"
     if d.identical:
         return "identical: right and wrong on the same photos in every seed (the same model)"
+    same = d.identical_seeds
     return (
         f"no difference shown (detectable at the family's level: {100 * d.detectable:.1f} points)"
+        + (f"; identical in {seed_list(same)} (the same model there)" if same else "")
     )
 
 
@@ -209,7 +223,7 @@ def analysis_markdown(analysis: Analysis, heading: str = "##") -> str:
     sections = [
         verdict_line(analysis),
         "",
-        NOTE + caveat,
+        f"{NOTE} {reading_note(analysis.plan.draws)}{caveat}",
         "",
         f"{heading} Accuracy of each arm",
         "",
@@ -317,18 +331,20 @@ def _widened(s: OrderingStep) -> str:
 
 
 def _only_with(s: OrderingStep) -> str:
-    """A step shown with the protocol, not with fresh backbones (neither shown nor excluded
-    there): "came from the protocol" only when the interaction says the protocol moved A
-    more than B."""
+    """A step shown with the protocol, not with fresh backbones. Not shown is not excluded:
+    the protocol is said to have widened it only when the interaction test says it moved A
+    more than B, and never to be the step's whole cause (that would need the step excluded
+    with fresh backbones, an equivalence the baseline does not test)."""
     fresh = (
         f"{_step(s)} not shown with fresh backbones ({_points_interval(*s.baseline_difference)})"
     )
     if _moved(s):
         return (
-            f"{fresh}: it came from the protocol, which moved {s.above} "
-            f"{_difference(s.interaction)} points more than {s.below} against their fresh "
-            f"backbones (p {s.interaction.p_value:.3g}; an exploratory test of the "
-            "interaction, not in the declared family, unadjusted)"
+            f"{_step(s)} shown only with the protocol, which widened it by "
+            f"{_difference(s.interaction)} of its {_difference(s.here)} points (p "
+            f"{s.interaction.p_value:.3g}; an exploratory test of the interaction, not in the "
+            "declared family, unadjusted); with fresh backbones "
+            f"{_points_interval(*s.baseline_difference)}: not shown, not excluded"
         )
     if s.interaction is None:
         return f"{fresh}; the protocol's effect on these heads is not tested yet"

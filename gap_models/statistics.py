@@ -77,6 +77,11 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[fl
     return float(low), float(high)
 
 
+def bootstrap_p_floor(draws: int) -> float:
+    """The smallest p-value ``bootstrap_p_value`` gives over ``draws`` replicates."""
+    return min(1.0, 2 / (draws + 1))
+
+
 def bootstrap_p_value(replicates: np.ndarray, null: float = 0.0) -> float:
     """Two-sided p-value of "the difference is ``null``": twice the smaller share of
     replicates on either side of it (with the +1 that keeps it above 0)."""
@@ -102,6 +107,9 @@ class Difference:
     # Right and wrong on exactly the same photos in every seed: the same model trained twice
     # (a check of determinism), not a difference too small to detect.
     identical: bool = False
+    # The rows (seeds, in order) on which A and B are right and wrong on the same photos:
+    # the same model in those seeds, whatever the others say.
+    identical_rows: tuple[int, ...] = ()
     family_size: int = 1  # the comparisons its Holm family declares (tested or not yet)
     seed_ids: tuple[int, ...] = ()  # the seeds both arms have, which it is computed on
 
@@ -118,6 +126,12 @@ class Difference:
     def significant(self) -> bool:
         return not math.isnan(self.p_holm) and self.p_holm < 0.05
 
+    @property
+    def identical_seeds(self) -> tuple[int, ...]:
+        """The seeds of ``identical_rows`` (their row numbers where seed ids are not set)."""
+        ids = self.seed_ids or tuple(range(self.seeds))
+        return tuple(ids[row] for row in self.identical_rows)
+
 
 def difference(
     arm_a: str, arm_b: str, replicates: dict[str, np.ndarray], correct: dict[str, np.ndarray],
@@ -133,6 +147,7 @@ def difference(
     return Difference(
         arm_a, arm_b, seeds, photos, point, low, high, bootstrap_p_value(deltas),
         float(np.std(deltas, ddof=1)), identical=bool(np.array_equal(a, b)),
+        identical_rows=tuple(int(i) for i in np.flatnonzero(np.all(a == b, axis=1))),
     )  # fmt: skip
 
 

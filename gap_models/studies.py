@@ -79,6 +79,11 @@ class Analysis(BaseModel):
     # "<arm>@<baseline>" (paired by seed and photo: both must use the same data), so that
     # the family can test this study's cells against that study's.
     baseline: str | None = None
+    # Differences of differences, (A - B) - (C - D) on the seeds all four arms have: each
+    # one test outside the family, unadjusted, and always called exploratory. For what the
+    # family does not test (whether a ranking changes with a setting); one declared after
+    # the cells ran says so in its study file.
+    exploratory: list[tuple[str, str, str, str]] = Field(default_factory=list)
 
 
 class Study(BaseModel):
@@ -118,9 +123,8 @@ class Study(BaseModel):
         labels = {cell.arm for cell in self.cells(Path("."))}
         if self.analysis.baseline:
             labels |= {f"{label}@{self.analysis.baseline}" for label in labels}
-        named = [
-            label for pair in self.analysis.family + self.analysis.equivalence for label in pair
-        ]
+        declared = self.analysis.family + self.analysis.equivalence + self.analysis.exploratory
+        named = [label for arms in declared for label in arms]
         unknown = sorted(set(named) - labels)
         if unknown:
             raise ValueError(f"analysis names arms {unknown}; this grid has {sorted(labels)}")

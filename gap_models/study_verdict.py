@@ -14,13 +14,27 @@ from matplotlib.figure import Figure
 
 from gap_models.architecture import HEADS
 from gap_models.config import RunConfig
-from gap_models.findings import call, equivalence_call, interval, ordering_summary, seed_list
+from gap_models.findings import (
+    call,
+    equivalence_call,
+    interval,
+    ordering_summary,
+    reading_note,
+    seed_list,
+)
 from gap_models.plots import _finish
 from gap_models.provenance import code_version
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
 from gap_models.studies import study_names
 from gap_models.study_report import StudyEvidence, analyse_study, ordering_steps_of
-from gap_models.verdicts import among, chosen_arm, chosen_model, points, target_call
+from gap_models.verdicts import (
+    among,
+    chosen_arm,
+    chosen_model,
+    interaction,
+    points,
+    target_call,
+)
 
 NAME = "verdict"
 FIGURE = "capacity_across_studies.png"
@@ -83,7 +97,26 @@ def _findings(root: Path, studied: StudyEvidence) -> list[str]:
         return ["nothing trained yet."]
     steps = ordering_steps_of(root, studied)  # a study against a baseline: its answer first
     lines = [f"{ordering_summary(steps, studied.study.analysis.baseline)}." for _ in steps[:1]]
-    return lines + _chosen(studied) + _tests(analysis)
+    return lines + _chosen(studied) + _tests(analysis) + _exploratory(studied)
+
+
+def _exploratory(studied: StudyEvidence) -> list[str]:
+    """The study's exploratory differences of differences, each said to be one."""
+    lines = []
+    for a, b, c, d in studied.study.analysis.exploratory:
+        found = interaction(studied.analysis, a, b, c, d)
+        named = f"({a} - {b}) - ({c} - {d})"
+        if found is None:
+            lines.append(f"exploratory, not tested yet (an arm has no record): {named}.")
+            continue
+        said = "differs" if found.p_value < 0.05 else "is not shown to differ"
+        lines.append(
+            f"exploratory (one test outside the pre-registered family, unadjusted): {named}: "
+            f"{points(found.difference)} [{points(found.low)}, {points(found.high)}] points "
+            f"({seed_list(found.seed_ids)} x {found.photos} photos), p "
+            f"{found.p_value:.3g}: the first difference {said} from the second."
+        )
+    return lines
 
 
 def _chosen(studied: StudyEvidence) -> list[str]:
@@ -206,6 +239,8 @@ def render_verdict(root: Path, figure_folder: str, draw: bool = True) -> tuple[s
     """The verdict section (figure linked under ``figure_folder``) and, with ``draw``, its
     figure."""
     studied = questions(root)
+    draws = sorted({s.study.analysis.bootstrap_draws for s in studied})
+    reading = " ".join(reading_note(d) for d in draws)
     lines = [
         "## The answer so far (generated from every study's records)",
         "",
@@ -213,7 +248,7 @@ def render_verdict(root: Path, figure_folder: str, draw: bool = True) -> tuple[s
         "today. **Provisional** means cells are missing or stale: the figures can still move. "
         "Differences are in test-accuracy points, A minus B, with 95% intervals of the "
         "two-level bootstrap (seeds, then photos) and Holm-adjusted p within the study; "
-        "equivalence is two one-sided tests within the study's margin.",
+        f"equivalence is two one-sided tests within the study's margin. {reading}",
         "",
     ]
     by_name = {s.study.name: s for s in studied}

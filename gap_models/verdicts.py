@@ -487,15 +487,24 @@ def protocol_interaction(
     - (below - below@baseline), per seed and photo on the seeds all four arms have, with the
     two-level bootstrap's interval and p. Not part of the declared family: one exploratory
     test, unadjusted (its ``p_holm`` is its own p). None when an arm is not recorded."""
+    found = interaction(analysis, above, f"{above}@{baseline}", below, f"{below}@{baseline}")
+    return None if found is None else replace(found, arm_a=above, arm_b=below)
+
+
+def interaction(analysis: Analysis, a: str, b: str, c: str, d: str) -> statistics.Difference | None:
+    """(a - b) - (c - d), per seed and photo on the seeds all four arms have, with the
+    two-level bootstrap's interval and p: one test outside the declared family, unadjusted
+    (its ``p_holm`` is its own p). None when an arm is not recorded or no seed is shared."""
     evidence = analysis.evidence
-    names = [above, f"{above}@{baseline}", below, f"{below}@{baseline}"]
+    names = [a, b, c, d]
     if any(name not in evidence.arms for name in names):
         return None
     seeds = evidence.common_seeds(*names)
     if not seeds:
         return None
     right = {name: evidence.arms[name].matrix(TEST, seeds).astype(np.int64) for name in names}
-    moved = {above: right[names[0]] - right[names[1]], below: right[names[2]] - right[names[3]]}
+    first, second = f"{a} - {b}", f"{c} - {d}"
+    moved = {first: right[a] - right[b], second: right[c] - right[d]}
     replicates = statistics.bootstrap_means(moved, analysis.plan.draws)
-    found = statistics.difference(above, below, replicates, moved)
+    found = statistics.difference(first, second, replicates, moved)
     return replace(found, p_holm=found.p_value, seed_ids=tuple(seeds))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
@@ -129,3 +131,35 @@ def test_the_same_model_twice_is_called_identical_not_an_undetectable_difference
         (d,) = statistics.holm([statistics.difference("a", "b", replicates, correct)])
         assert d.identical is identical
         assert call(d).startswith("identical" if identical else "no difference shown")
+
+
+def test_the_bootstrap_p_value_has_a_floor_that_the_reports_name():
+    """Every replicate on one side of 0 gives the smallest p the bootstrap can: a bound,
+    not an estimate, and the note under every study's tables says where it lies."""
+    from gap_models.findings import reading_note
+
+    assert statistics.bootstrap_p_value(np.full(4000, 0.02)) == statistics.bootstrap_p_floor(4000)
+    assert statistics.bootstrap_p_floor(4000) == pytest.approx(2 / 4001)
+    assert statistics.bootstrap_p_value(np.linspace(-1, 1, 4001)) == pytest.approx(1.0)
+    note = reading_note(4000)
+    assert "not adjusted for the family" in note and "below 0.0005" in note
+    assert "below 0.001" in reading_note(1999)
+
+
+def test_seeds_on_which_two_arms_are_the_same_model_are_named():
+    """A and B right and wrong on the same photos in some seeds (the same model trained
+    twice there), not in others: the seeds are named, by id, beside a non-significant call."""
+    from gap_models.findings import call
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 2, (3, 400))
+    b = a.copy()
+    b[1, :40] = 1 - b[1, :40]  # seed 1 differs on 40 photos
+    correct = {"a": a, "b": b}
+    found = statistics.difference("a", "b", statistics.bootstrap_means(correct, 400), correct)
+    assert not found.identical and found.identical_rows == (0, 2)
+    found = dataclasses.replace(found, seed_ids=(0, 3, 7), p_holm=0.5)
+    assert found.identical_seeds == (0, 7)
+    assert call(found).endswith("; identical in seeds 0, 7 (the same model there)")
+    same = statistics.difference("a", "a", statistics.bootstrap_means({"a": a}, 400), {"a": a})
+    assert same.identical and call(dataclasses.replace(same, p_holm=1.0)).startswith("identical")
