@@ -101,7 +101,7 @@ def claims(analysis: Analysis, gap: str = "gap", fc: str = "fc") -> list[Claim]:
             SUPPORTED,
             "by construction: the class activation map's spatial mean plus the output bias is "
             "the logit (checked numerically in the tests); a flow run's plots/cam_grid.png, or "
-            "`compare-heads cams MODEL_URI`, shows where it lies",
+            "`compare-heads cams MODEL_URI --source SOURCE`, shows where it lies",
         )
     )
     return table

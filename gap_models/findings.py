@@ -22,6 +22,7 @@ from gap_models.verdicts import (
     among,
     chosen_arm,
     convergence,
+    interaction,
     points,
     verdict,
 )
@@ -39,9 +40,10 @@ def reading_note(draws: int) -> str:
     where the test does not), and a p-value has a floor."""
     return (
         "Each interval is of its own comparison, not adjusted for the family: the Holm p "
-        "decides (an interval may miss 0 where the family's test does not). With "
-        f"{draws:,} bootstrap draws no p-value goes below {bootstrap_p_floor(draws):.2g}: "
-        "a p there, and a Holm p made from it, is an upper bound."
+        "decides (an interval may miss 0 where the family's test does not). The smallest p "
+        f"that {draws:,} bootstrap draws can give is 2/{draws + 1:,}, about "
+        f"{bootstrap_p_floor(draws):.2g}: a p there, or a Holm p made from it, means about "
+        "this or smaller."
     )
 
 
@@ -280,8 +282,9 @@ def ordering_summary(steps: list[OrderingStep], baseline: str) -> str:
     """One plain sentence: whether the study's protocol reproduces its declared ordering;
     for each step it shows, whether the step's direction also holds with a fresh backbone
     for every head (study ``baseline``'s own tests), and whether the protocol moved its
-    heads apart (the exploratory interaction): a step not shown with fresh backbones "came
-    from the protocol" only when the protocol measurably moved A more than B."""
+    heads apart (the exploratory interaction): a step not shown with fresh backbones is
+    said to have been widened by the protocol only when it measurably moved A more than B,
+    never to come from it alone (not shown there is not excluded)."""
     if not steps:
         return ""
     missed = [s for s in steps if s.origin in (NOT_REPRODUCED, REVERSED_WITH)]
@@ -340,11 +343,12 @@ def _only_with(s: OrderingStep) -> str:
     )
     if _moved(s):
         return (
-            f"{_step(s)} shown only with the protocol, which widened it by "
-            f"{_difference(s.interaction)} of its {_difference(s.here)} points (p "
-            f"{s.interaction.p_value:.3g}; an exploratory test of the interaction, not in the "
-            "declared family, unadjusted); with fresh backbones "
-            f"{_points_interval(*s.baseline_difference)}: not shown, not excluded"
+            f"{_step(s)} shown only with the protocol ({_difference(s.here)} points), which "
+            f"widened it by {_difference(s.interaction)} points against fresh backbones "
+            f"({seed_list(s.interaction.seed_ids)}, p {s.interaction.p_value:.3g}; an "
+            "exploratory test of the interaction, not in the declared family, unadjusted); "
+            f"with fresh backbones {_points_interval(*s.baseline_difference)}: not shown, not "
+            "excluded"
         )
     if s.interaction is None:
         return f"{fresh}; the protocol's effect on these heads is not tested yet"
@@ -390,3 +394,30 @@ def _where(figure: float, runs: list[float]) -> str:
     if figure > max(runs):
         return f"published: above each of our {len(runs)} runs"
     return f"published: among our {len(runs)} runs"
+
+
+def exploratory_lines(analysis: Analysis, declared: list[tuple[str, str, str, str]]) -> list[str]:
+    """A study's exploratory differences of differences, (A - B) - (C - D), each said to be
+    one (outside the family, unadjusted: a lead for a new study, not a finding)."""
+    lines = []
+    for a, b, c, d in declared:
+        found = interaction(analysis, a, b, c, d)
+        named = f"({a} - {b}) - ({c} - {d})"
+        if found is None:
+            lines.append(
+                f"exploratory, not tested yet (an arm has no record, or the four share no "
+                f"seed): {named}."
+            )
+            continue
+        if found.p_value >= 0.05:
+            said = "the first difference is not shown to differ from the second"
+        else:
+            said = f"the first difference is {'larger' if found.difference > 0 else 'smaller'} "
+            said += "than the second"
+        lines.append(
+            f"exploratory (one test outside the pre-registered family, unadjusted: a lead, "
+            f"not a finding): {named}: {_difference(found)} points "
+            f"({seed_list(found.seed_ids)} x {found.photos} photos), p "
+            f"{found.p_value:.3g}: {said}."
+        )
+    return lines

@@ -128,6 +128,12 @@ class Study(BaseModel):
         unknown = sorted(set(named) - labels)
         if unknown:
             raise ValueError(f"analysis names arms {unknown}; this grid has {sorted(labels)}")
+        for a, b, c, d in self.analysis.exploratory:
+            if a == b or c == d or (a, b) == (c, d):
+                raise ValueError(
+                    f"analysis.exploratory [{a}, {b}, {c}, {d}]: (A - B) - (C - D) needs two "
+                    "different pairs of different arms"
+                )
         own = self.arms()
         for field_name in ("choose_from", "published"):
             unknown = sorted(set(getattr(self.analysis, field_name)) - set(own))

@@ -20,6 +20,7 @@ from gap_models.analysis_plots import FIGURES
 from gap_models.evidence import from_records
 from gap_models.findings import (
     analysis_markdown,
+    exploratory_lines,
     ordering_summary,
     ordering_table,
     published_table,
@@ -297,11 +298,20 @@ def render(
         f"`compare-heads study report {name}`.",
         "",
         analysis_markdown(analysis, "####"),
+        *_exploratory_section(analysis, declared.exploratory),
         *_ordering_section(root, studied),
         *links,
         "",
     ]
     return "\n".join(body), figures
+
+
+def _exploratory_section(analysis, declared: list) -> list[str]:
+    """The study file's exploratory differences of differences, under their own heading."""
+    if not declared:
+        return []
+    lines = exploratory_lines(analysis, declared)
+    return ["#### Exploratory (outside the family)", "", *[f"- {x}" for x in lines], ""]
 
 
 def replace_section(document: str, name: str, section: str) -> str:

@@ -17,6 +17,7 @@ from gap_models.config import RunConfig
 from gap_models.findings import (
     call,
     equivalence_call,
+    exploratory_lines,
     interval,
     ordering_summary,
     reading_note,
@@ -31,7 +32,6 @@ from gap_models.verdicts import (
     among,
     chosen_arm,
     chosen_model,
-    interaction,
     points,
     target_call,
 )
@@ -102,21 +102,7 @@ def _findings(root: Path, studied: StudyEvidence) -> list[str]:
 
 def _exploratory(studied: StudyEvidence) -> list[str]:
     """The study's exploratory differences of differences, each said to be one."""
-    lines = []
-    for a, b, c, d in studied.study.analysis.exploratory:
-        found = interaction(studied.analysis, a, b, c, d)
-        named = f"({a} - {b}) - ({c} - {d})"
-        if found is None:
-            lines.append(f"exploratory, not tested yet (an arm has no record): {named}.")
-            continue
-        said = "differs" if found.p_value < 0.05 else "is not shown to differ"
-        lines.append(
-            f"exploratory (one test outside the pre-registered family, unadjusted): {named}: "
-            f"{points(found.difference)} [{points(found.low)}, {points(found.high)}] points "
-            f"({seed_list(found.seed_ids)} x {found.photos} photos), p "
-            f"{found.p_value:.3g}: the first difference {said} from the second."
-        )
-    return lines
+    return exploratory_lines(studied.analysis, studied.study.analysis.exploratory)
 
 
 def _chosen(studied: StudyEvidence) -> list[str]:

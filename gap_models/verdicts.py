@@ -503,8 +503,10 @@ def interaction(analysis: Analysis, a: str, b: str, c: str, d: str) -> statistic
     if not seeds:
         return None
     right = {name: evidence.arms[name].matrix(TEST, seeds).astype(np.int64) for name in names}
-    first, second = f"{a} - {b}", f"{c} - {d}"
-    moved = {first: right[a] - right[b], second: right[c] - right[d]}
+    moved = {"first": right[a] - right[b], "second": right[c] - right[d]}
     replicates = statistics.bootstrap_means(moved, analysis.plan.draws)
-    found = statistics.difference(first, second, replicates, moved)
-    return replace(found, p_holm=found.p_value, seed_ids=tuple(seeds))
+    found = statistics.difference("first", "second", replicates, moved)
+    return replace(
+        found, arm_a=f"{a} - {b}", arm_b=f"{c} - {d}", p_holm=found.p_value,
+        seed_ids=tuple(seeds),
+    )  # fmt: skip

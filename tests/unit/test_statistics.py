@@ -142,8 +142,8 @@ def test_the_bootstrap_p_value_has_a_floor_that_the_reports_name():
     assert statistics.bootstrap_p_floor(4000) == pytest.approx(2 / 4001)
     assert statistics.bootstrap_p_value(np.linspace(-1, 1, 4001)) == pytest.approx(1.0)
     note = reading_note(4000)
-    assert "not adjusted for the family" in note and "below 0.0005" in note
-    assert "below 0.001" in reading_note(1999)
+    assert "not adjusted for the family" in note and "is 2/4,001, about 0.0005:" in note
+    assert "is 2/2,000, about 0.001:" in reading_note(1999)
 
 
 def test_seeds_on_which_two_arms_are_the_same_model_are_named():

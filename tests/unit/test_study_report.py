@@ -330,7 +330,9 @@ def test_a_protocols_ordering_is_set_against_its_baselines_fresh_backbones(tmp_p
         _right_on_every_photo(tmp_path, "synthetic", f"gap-seed{seed}")
         _right_on_every_photo(tmp_path, "base", f"gap-seed{seed}", like=f"fc-seed{seed}")
     section, _ = render(tmp_path, "synthetic", "x", draw=False)
-    assert "gap > fc shown only with the protocol, which widened it by +" in section
+    assert "gap > fc shown only with the protocol (+" in section
+    assert "points), which widened it by +" in section
+    assert "points against fresh backbones (seeds 0, 1, 2, p " in section
     assert "with fresh backbones +0.00 [+0.00, +0.00]: not shown, not excluded" in section
     assert "came from" not in section  # not shown with fresh backbones is not excluded there
     assert "| gap > fc | +" in section and "| significant | +0.00 [+0.00, +0.00] |" in section
@@ -612,8 +614,9 @@ def test_committed_records_read_the_same_on_a_machine_without_the_studys_photos(
 def test_an_exploratory_difference_of_differences_is_tested_and_said_to_be_one(tmp_path):
     """A question the family does not test (does gap - fc change with the training
     fraction?) gets the study's declared exploratory test: (A - B) - (C - D) on the seeds
-    all four arms have, counted in photos, called exploratory and unadjusted. The answer
-    also says that its intervals are not adjusted for the family and where p bottoms out."""
+    all four arms have, counted in photos, called exploratory and unadjusted, in the answer
+    and the study's section, and never part of the Holm family. The answer also says that
+    its intervals are not adjusted for the family and where p bottoms out."""
     from gap_models.study_verdict import render_verdict
 
     asked = STUDY.replace('source = "photos"', 'source = "photos"\nquestion = "Does it change?"')
@@ -624,32 +627,63 @@ def test_an_exploratory_difference_of_differences_is_tested_and_said_to_be_one(t
         'exploratory = [["gap/1.0", "fc/1.0", "gap/0.5", "fc/0.5"]]\nbootstrap_draws',
     )
     _write_study(tmp_path, text=declared)
+    study_file = tmp_path / "studies" / "synthetic.toml"
     data = read_data_file(data_path(tmp_path, "synthetic", "d1"))
-    right = {}
-    for arm in ("gap/1.0", "fc/1.0", "gap/0.5", "fc/0.5"):
-        stems = [f"{arm.replace('/', '-')}-seed{seed}" for seed in (0, 1, 2)]
-        rows = [
-            read_record(record_path(tmp_path, "synthetic", s)).predictions["test"] for s in stems
-        ]
-        right[arm] = np.array([(row > 0.5) == data.labels["test"] for row in rows], dtype=int)
-    expected = (
-        right["gap/1.0"] - right["fc/1.0"] - right["gap/0.5"] + right["fc/0.5"]
-    ).sum() / right["fc/0.5"].size
 
-    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
-    line = next(x for x in verdict.splitlines() if x.startswith("- exploratory"))
-    assert line.startswith(
-        "- exploratory (one test outside the pre-registered family, unadjusted): "
-        "(gap/1.0 - fc/1.0) - (gap/0.5 - fc/0.5): "
+    def expected() -> float:
+        right = {}
+        for arm in ("gap/1.0", "fc/1.0", "gap/0.5", "fc/0.5"):
+            stems = [f"{arm.replace('/', '-')}-seed{seed}" for seed in (0, 1, 2)]
+            rows = [
+                read_record(record_path(tmp_path, "synthetic", s)).predictions["test"]
+                for s in stems
+            ]
+            right[arm] = np.array([(r > 0.5) == data.labels["test"] for r in rows], dtype=int)
+        both = right["gap/1.0"] - right["fc/1.0"] - right["gap/0.5"] + right["fc/0.5"]
+        return both.sum() / both.size
+
+    def exploratory_line(text: str) -> str:
+        return next(x for x in text.splitlines() if x.startswith("- exploratory"))
+
+    head = (
+        "- exploratory (one test outside the pre-registered family, unadjusted: a lead, not a "
+        "finding): (gap/1.0 - fc/1.0) - (gap/0.5 - fc/0.5): "
     )
-    assert f"{100 * expected:+.2f} [" in line and "(seeds 0, 1, 2 x 300 photos), p " in line
-    assert "the first difference" in line and "from the second." in line
-    assert "not adjusted for the family" in verdict and "below 0.0066" in verdict  # 300 draws
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    line = exploratory_line(verdict)  # the same skill gap at both fractions: no change
+    assert line.startswith(head) and f"{100 * expected():+.2f} [" in line
+    assert "(seeds 0, 1, 2 x 300 photos), p " in line
+    assert line.endswith("the first difference is not shown to differ from the second.")
+    assert "not adjusted for the family" in verdict and "2/301, about 0.0066" in verdict
     section, _ = render(tmp_path, "synthetic", ".", draw=False)
-    assert "not adjusted for the family" in section
+    assert "not adjusted for the family" in section and exploratory_line(section) == line
 
-    with pytest.raises(ValueError, match=r"analysis names arms \['gap/0.25'\]"):
+    for seed in (0, 1, 2):  # gap right everywhere with all the photos: the lead grows
+        _right_on_every_photo(tmp_path, "synthetic", f"gap-1.0-seed{seed}")
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    line = exploratory_line(verdict)
+    assert f"{100 * expected():+.2f} [" in line and expected() > 0.1
+    assert line.endswith("the first difference is larger than the second.")
+    holm = re.search(r"- gap/1.0 - fc/1.0: .*Holm p (\S+):", verdict).group(1)
+    study_file.write_text(asked)  # without the exploratory test: the family's p is the same
+    undeclared, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert "exploratory" not in undeclared
+    assert re.search(r"- gap/1.0 - fc/1.0: .*Holm p (\S+):", undeclared).group(1) == holm
+
+    study_file.write_text(declared)
+    for seed in (0, 1, 2):
+        record_path(tmp_path, "synthetic", f"fc-0.5-seed{seed}").unlink()
+    verdict, _ = render_verdict(tmp_path, "studies", draw=False)
+    assert "- exploratory, not tested yet (an arm has no record, or the four share no seed): " in (
+        verdict
+    )
+
+    for bad, message in (
+        ('"gap/0.25", "fc/0.5"]]', r"analysis names arms \['gap/0.25'\]"),
+        ('"gap/1.0", "fc/1.0"]]', "needs two different pairs of different arms"),
+    ):
         (tmp_path / "studies" / "bad.toml").write_text(
-            declared.replace('"gap/0.5", "fc/0.5"]]', '"gap/0.25", "fc/0.5"]]')
+            declared.replace('"gap/0.5", "fc/0.5"]]', bad)
         )
-        load_study(tmp_path, "bad")
+        with pytest.raises(ValueError, match=message):
+            load_study(tmp_path, "bad")
