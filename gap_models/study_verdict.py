@@ -28,13 +28,7 @@ from gap_models.provenance import code_version
 from gap_models.statistics import MIN_SEEDS_FOR_INTERVAL
 from gap_models.studies import study_names
 from gap_models.study_report import StudyEvidence, analyse_study, ordering_steps_of
-from gap_models.verdicts import (
-    among,
-    chosen_arm,
-    chosen_model,
-    points,
-    target_call,
-)
+from gap_models.verdicts import among, chosen_arm, chosen_model, points, target_call
 
 NAME = "verdict"
 FIGURE = "capacity_across_studies.png"

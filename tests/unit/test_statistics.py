@@ -134,8 +134,8 @@ def test_the_same_model_twice_is_called_identical_not_an_undetectable_difference
 
 
 def test_the_bootstrap_p_value_has_a_floor_that_the_reports_name():
-    """Every replicate on one side of 0 gives the smallest p the bootstrap can: a bound,
-    not an estimate, and the note under every study's tables says where it lies."""
+    """Every replicate on one side of 0 gives the smallest p the bootstrap can (a true p
+    about this or smaller), and the note under every study's tables says where it lies."""
     from gap_models.findings import reading_note
 
     assert statistics.bootstrap_p_value(np.full(4000, 0.02)) == statistics.bootstrap_p_floor(4000)
